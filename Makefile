@@ -1,0 +1,72 @@
+# Async Testing Lab Kit. Two commands: `make lab` (learn) and `make test` (check everything).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	>/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+# The environment is stamped with the hash of what defines it: a second run installs nothing.
+ENV_HASH := $(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.stamp-$(ENV_HASH)
+LAB_PORT ?= 8888
+
+.PHONY: help env lab test lint typecheck unit notebooks stress bench conformance build clean
+
+help:
+	@echo "make lab          create the environment and open JupyterLab on the lessons"
+	@echo "make test         create the environment and run every test (lint, types, unit,"
+	@echo "                  integration, conformance subset, notebooks, browser)"
+	@echo "make stress       the slow stress tests"
+	@echo "make bench        benchmarks (print figures and ratios)"
+	@echo "make conformance  CPython's own asyncio test suite under the virtual loop"
+	@echo "make build        regenerate learner and instructor notebooks from lessons/"
+	@echo "make clean        remove the environment and generated caches"
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (none found on PATH)."\
+		" Install it, or run: make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }
+	@echo "==> creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
+	@echo "==> environment ready ($(ENV_HASH))"
+
+env: $(STAMP)
+
+lab: $(STAMP)
+	@$(BIN)/python -m labkit lab --port $(LAB_PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check labkit tests bench
+	$(BIN)/ruff format --check labkit
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -m "not stress" $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+stress: $(STAMP)
+	$(BIN)/python -m pytest -m stress tests/stress $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py
+
+conformance: $(STAMP)
+	$(BIN)/python -m tests.conformance.run
+
+build: $(STAMP)
+	$(BIN)/python -m labkit build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,57 @@
+"""The `labkit` command line: lab, build, grade, gradebook.
+
+Each subcommand lives in the module named after its noun, which provides
+``configure(parser)`` and ``run(args) -> int``; this file only wires them up.
+
+Example::
+
+    $ labkit build            # regenerate learner and instructor notebooks
+    $ labkit grade submissions/*.ipynb --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_COMMANDS = {
+    "lab": ("labkit.lab", "start JupyterLab on the lessons"),
+    "build": ("labkit.lesson", "generate learner and instructor notebooks from lessons/"),
+    "grade": ("labkit.grader", "grade learners' notebooks"),
+    "gradebook": ("labkit.gradebook", "inspect or export the gradebook"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description="Async Testing Lab Kit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, summary) in _COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        command.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            command.set_defaults(_missing=str(exc))
+            continue
+        module.configure(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    missing = getattr(args, "_missing", None)
+    if missing:
+        print(f"labkit {args.command}: not available ({missing})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        code: int = module.run(args)
+    except KeyboardInterrupt:
+        print(f"labkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code

@@ -1,0 +1,405 @@
+"""VirtualTimeLoop: an asyncio event loop whose clock is virtual, so sleeps cost no real time.
+
+The clock rule, in one place:
+
+* **Autojump** (default). When the loop is idle (nothing ready) it jumps the clock straight to
+  the next timer, unless *real work is in flight*: an executor job, a running subprocess, a
+  connected socket or pipe registered with the selector, or a block inside ``loop.real_time()``.
+  While real work is in flight the virtual clock follows the real one: the loop waits for real
+  I/O exactly as long as the next timer is away, and advances the clock by the real time that
+  passed. So a 5 s ``wait_for`` on a real socket read gets its 5 real seconds, as in production.
+  ``autojump_threshold=T`` relaxes this, trio-style: after ``T`` real seconds in which nothing
+  real happened, the clock jumps anyway. Listening sockets and signal handlers do not hold the
+  clock (they wait on the outside world), but they do count as possible wake-ups, so a loop
+  with only those is never declared deadlocked.
+* **Manual** (``autojump=False``). Time moves only through ``loop.advance(s)`` from outside the
+  loop or ``await labkit.advance(s)`` on it.
+* **Deadlock**. Idle, with no timer the clock may reach and nothing real that could wake the
+  loop: :class:`labkit.DeadlockError`, naming every pending task and where it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import selectors
+import socket
+import time as _time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from typing import Any, TypeVar, TypeVarTuple, Unpack
+
+from labkit.deadlock import DeadlockError, deadlock_message
+
+__all__ = ["VirtualTimeLoop", "advance", "new_virtual_loop", "run"]
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+_EVENT_MASK = selectors.EVENT_READ | selectors.EVENT_WRITE
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """Wraps a real selector; remembers which registrations are real work."""
+
+    def __init__(self, real: selectors.BaseSelector) -> None:
+        self.real = real
+        self.loop: VirtualTimeLoop | None = None
+        self.internal: set[int] = set()
+        self.listeners: set[int] = set()
+        self.constructing = True
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = self.real.register(fileobj, events, data)
+        if self.constructing:
+            self.internal.add(key.fd)
+        elif _is_listening_socket(key.fd):
+            self.listeners.add(key.fd)
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = self.real.unregister(fileobj)
+        self.listeners.discard(key.fd)
+        self.internal.discard(key.fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self.real.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        assert self.loop is not None
+        return self.loop._select(timeout)
+
+    def close(self) -> None:
+        self.real.close()
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        return self.real.get_key(fileobj)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self.real.get_map()
+
+    def external_fds(self) -> int:
+        """How many registered fds belong to real I/O that can hold the clock."""
+        return len(self.real.get_map()) - len(self.internal) - len(self.listeners)
+
+    def wake_sources(self) -> int:
+        return len(self.real.get_map()) - len(self.internal)
+
+
+def _is_listening_socket(fd: int) -> bool:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
+def _later(now: float, delta: float) -> float:
+    """now + delta, but always strictly later than now (floats stall at large magnitudes)."""
+    new = now + delta
+    return new if new > now else math.nextafter(now, math.inf)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop with a virtual clock: ``await asyncio.sleep(3600)`` returns at once.
+
+    Everything else is asyncio's own selector loop: tasks, timeouts, queues, streams,
+    subprocesses and executors behave exactly as in production. See the module docstring for
+    the clock rule.
+
+    Example::
+
+        loop = VirtualTimeLoop()
+        loop.run_until_complete(asyncio.sleep(3600))
+        assert loop.time() == 3600.0
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector | None = None,
+        *,
+        autojump: bool = True,
+        autojump_threshold: float | None = None,
+        start: float = 0.0,
+    ) -> None:
+        if autojump_threshold is not None and autojump_threshold < 0:
+            raise ValueError(f"autojump_threshold must be >= 0 or None, got {autojump_threshold!r}")
+        self._vt_now = float(start)
+        self._vt_autojump = autojump
+        self._vt_autojump_threshold = autojump_threshold
+        self._vt_executor_jobs = 0
+        self._vt_subprocesses: list[asyncio.SubprocessTransport] = []
+        self._vt_signal_handlers = 0
+        self._vt_real_holds = 0
+        self._vt_advance_target: float | None = None
+        self._vt_advance_waiter: asyncio.Future[None] | None = None
+        self._vt_idle_waiters: list[asyncio.Future[None]] = []
+        self._vt_selector = _VirtualSelector(
+            selector if selector is not None else selectors.DefaultSelector()
+        )
+        super().__init__(self._vt_selector)
+        self._vt_selector.loop = self
+        self._vt_selector.constructing = False
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def time(self) -> float:
+        """The virtual time in seconds, starting at ``start`` (0.0 by default)."""
+        return self._vt_now
+
+    @property
+    def autojump(self) -> bool:
+        """Whether the clock jumps to the next timer by itself when the loop is idle."""
+        return self._vt_autojump
+
+    def advance(self, seconds: float) -> None:
+        """From outside the loop: run it until the clock has moved by ``seconds``.
+
+        Every callback falling due on the way runs at its own scheduled time; returns once the
+        loop is idle at the new time.
+
+        Example::
+
+            loop = VirtualTimeLoop(autojump=False)
+            task = loop.create_task(asyncio.sleep(10))
+            loop.advance(10)
+            assert task.done() and loop.time() == 10.0
+        """
+        if self.is_running():
+            raise RuntimeError(
+                "loop.advance() was called while the loop is running; from a coroutine on the "
+                "loop use `await labkit.advance(seconds)` instead"
+            )
+        self.run_until_complete(self._advance_by(seconds))
+
+    async def _advance_by(self, seconds: float) -> None:
+        if not isinstance(seconds, (int, float)) or math.isnan(seconds) or seconds < 0:
+            raise ValueError(f"advance() needs a number of seconds >= 0, got {seconds!r}")
+        if self._vt_advance_waiter is not None:
+            raise RuntimeError("another advance() is already in progress on this loop")
+        waiter: asyncio.Future[None] = self.create_future()
+        self._vt_advance_target = self._vt_now + float(seconds)
+        self._vt_advance_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._vt_advance_target = None
+            self._vt_advance_waiter = None
+
+    async def _wait_idle(self) -> None:
+        """Return when every other task is blocked and nothing is ready (no time passes)."""
+        waiter: asyncio.Future[None] = self.create_future()
+        self._vt_idle_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._vt_idle_waiters:
+                self._vt_idle_waiters.remove(waiter)
+
+    @contextlib.contextmanager
+    def real_time(self) -> Iterator[None]:
+        """Hold the clock to real time while real work the loop cannot see is in flight.
+
+        Use it around a raw thread that will call ``call_soon_threadsafe``; executor jobs,
+        subprocesses and sockets are detected without it.
+
+        Example::
+
+            with loop.real_time():
+                post = lambda: loop.call_soon_threadsafe(fut.set_result, 1)
+                threading.Thread(target=post).start()
+                await fut
+        """
+        self._vt_real_holds += 1
+        try:
+            yield
+        finally:
+            self._vt_real_holds -= 1
+
+    # -- what counts as real work ------------------------------------------------------
+
+    def _clock_held(self) -> bool:
+        if self._vt_real_holds or self._vt_executor_jobs or self._vt_selector.external_fds() > 0:
+            return True
+        if self._vt_subprocesses:
+            self._vt_subprocesses = [
+                t
+                for t in self._vt_subprocesses
+                if t.get_returncode() is None and not t.is_closing()
+            ]
+        return bool(self._vt_subprocesses)
+
+    def _can_be_woken(self) -> bool:
+        return (
+            self._clock_held()
+            or self._vt_signal_handlers > 0
+            or self._vt_selector.wake_sources() > 0
+        )
+
+    def run_in_executor(
+        self, executor: Any, func: Callable[[Unpack[_Ts]], _T], *args: *_Ts
+    ) -> asyncio.Future[_T]:
+        future = super().run_in_executor(executor, func, *args)
+        self._vt_executor_jobs += 1
+        future.add_done_callback(self._executor_job_done)
+        return future
+
+    def _executor_job_done(self, _future: asyncio.Future[Any]) -> None:
+        self._vt_executor_jobs -= 1
+
+    async def shutdown_default_executor(self, *args: Any, **kwargs: Any) -> None:
+        with self.real_time():
+            await super().shutdown_default_executor(*args, **kwargs)
+
+    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
+        with self.real_time():
+            transport, protocol = await super().subprocess_exec(*args, **kwargs)
+        self._vt_subprocesses.append(transport)
+        return transport, protocol
+
+    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
+        with self.real_time():
+            transport, protocol = await super().subprocess_shell(*args, **kwargs)
+        self._vt_subprocesses.append(transport)
+        return transport, protocol
+
+    def add_signal_handler(
+        self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
+    ) -> None:
+        super().add_signal_handler(sig, callback, *args)
+        self._vt_signal_handlers += 1
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        removed = super().remove_signal_handler(sig)
+        if removed:
+            self._vt_signal_handlers -= 1
+        return removed
+
+    # -- the select step ---------------------------------------------------------------
+
+    def _poll(self) -> list[tuple[selectors.SelectorKey, int]]:
+        return self._vt_selector.real.select(0)
+
+    def _select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0:
+            # Busy: poll real I/O only if some exists; callbacks from threads are already queued.
+            if self._vt_signal_handlers or self._vt_selector.wake_sources():
+                return self._poll()
+            return []
+        # Idle: nothing is ready. Idle waiters first: they observe the loop before time moves.
+        if self._vt_idle_waiters:
+            waiters, self._vt_idle_waiters = self._vt_idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return self._poll()
+        now = self._vt_now
+        next_due = math.inf if timeout is None else now + timeout
+        target = self._vt_advance_target
+        if target is not None:
+            limit = target
+        elif self._vt_autojump:
+            if self._clock_held():
+                return self._follow_real_time(timeout)
+            limit = math.inf
+        else:
+            limit = now
+        if timeout is not None and next_due <= limit:
+            events = self._poll()
+            if not events:
+                self._vt_now = _later(now, timeout)
+            return events
+        if target is not None:
+            self._vt_now = max(now, target)
+            advanced = self._vt_advance_waiter
+            if advanced is not None and not advanced.done():
+                advanced.set_result(None)
+            return self._poll()
+        if self._can_be_woken():
+            events = self._vt_selector.real.select(None)
+            return events
+        events = self._poll()
+        if events:
+            return events
+        tasks = sorted((t for t in asyncio.all_tasks(self) if not t.done()), key=_task_order)
+        raise DeadlockError(
+            deadlock_message(tasks, manual_clock=not self._vt_autojump and timeout is not None),
+            tasks,
+        )
+
+    def _follow_real_time(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        threshold = self._vt_autojump_threshold
+        wait = (
+            timeout
+            if threshold is None
+            else min(math.inf if timeout is None else timeout, threshold)
+        )
+        started = _time.monotonic()
+        events = self._vt_selector.real.select(wait)
+        elapsed = _time.monotonic() - started
+        if timeout is not None and (not events or elapsed >= timeout):
+            # The next timer is due: either its real wait elapsed, or nothing real happened for
+            # autojump_threshold seconds and the clock may jump to it.
+            self._vt_now = _later(self._vt_now, timeout)
+        elif events and elapsed > 0:
+            self._vt_now = _later(self._vt_now, elapsed)
+        return events
+
+
+def new_virtual_loop(**options: Any) -> VirtualTimeLoop:
+    """A loop factory for ``asyncio.Runner(loop_factory=...)`` and pytest-asyncio.
+
+    Example::
+
+        with asyncio.Runner(loop_factory=labkit.new_virtual_loop) as runner:
+            runner.run(main())
+    """
+    return VirtualTimeLoop(**options)
+
+
+def run(main: Coroutine[Any, Any, _T], *, virtual: bool = True, debug: bool | None = None) -> _T:
+    """Run a coroutine to completion on a fresh loop, like ``asyncio.run``, in virtual time.
+
+    Example::
+
+        async def main():
+            await asyncio.sleep(86_400)
+            return asyncio.get_running_loop().time()
+
+        assert labkit.run(main()) == 86_400.0
+    """
+    factory = new_virtual_loop if virtual else None
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def advance(seconds: float) -> Awaitable[None]:
+    """From a task on a VirtualTimeLoop: move the clock by ``seconds``, running what falls due.
+
+    Works in both clock modes; returns once the loop is idle at the new time.
+
+    Example::
+
+        task = asyncio.create_task(asyncio.sleep(5))
+        await labkit.advance(5)
+        assert task.done()
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, VirtualTimeLoop):
+        raise TypeError(
+            f"labkit.advance() needs a VirtualTimeLoop, but the running loop is "
+            f"{type(loop).__module__}.{type(loop).__qualname__}; run the test with "
+            "loop_factory=labkit.new_virtual_loop (or the pytest marker loop_factories=['virtual'])"
+        )
+    return loop._advance_by(seconds)
+
+
+def _task_order(task: asyncio.Task[Any]) -> tuple[int, str]:
+    name = task.get_name()
+    number = name[5:] if name.startswith("Task-") else ""
+    return (int(number) if number.isdigit() else -1, name)
