@@ -54,6 +54,11 @@ test: $(STAMP) lint typecheck
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# nbval over the generated lessons (also part of `make test`): instructor outputs exact, learner
+# versions clean. One lesson: make notebooks PYTEST_ARGS="-k 04".
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest tests/notebooks $(PYTEST_ARGS)
+
 stress: $(STAMP)
 	$(BIN)/python -m pytest -m stress tests/stress $(PYTEST_ARGS)
 

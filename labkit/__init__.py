@@ -11,17 +11,106 @@ Example::
     assert labkit.run(main()) == 3600.0
 """
 
+from labkit.async_iterator import MockAsyncIterator
+from labkit.backpressure import Blocked, CountingQueue, assert_blocks, is_blocked, suspended_at
+from labkit.cancellation import (
+    CancelSweep,
+    CancelSweepError,
+    SweepPoint,
+    cancel_at_every_await,
+    run_cancel_sweep,
+    timeout_at_every_await,
+)
 from labkit.clock import VirtualClock
 from labkit.deadlock import DeadlockError
+from labkit.explore import Exploration, ExplorationFailure, Run, explore, record, replay
+from labkit.fragment import fragment
+from labkit.hygiene import HygieneError, HygieneProblem, TaskTracker
+from labkit.link import MemoryLink, Pipe
 from labkit.loop import VirtualTimeLoop, advance, new_virtual_loop, run
+from labkit.network import MemoryNetwork, MemoryServer
+from labkit.protocol_harness import ProtocolHarness, bytes_diff
+from labkit.scheduler import (
+    Round,
+    Scheduler,
+    StepLimitError,
+    Stepper,
+    run_until_idle,
+    step_through,
+)
+from labkit.strategy import FIFO, PCT, Exhaustive, RandomOrder, Strategy
+from labkit.stream import MemoryConnection, StreamEnd, memory_connection
+from labkit.throughput import Throughput, measure_throughput
+from labkit.timeline import format_timeline, plot_timeline
+from labkit.trace import Location, Step, TaskState, Trace
+from labkit.tracker import Leak, ResourceLeakError, ResourceTracker
+from labkit.transport import MockTransport
+from labkit.watchdog import BlockingCall, BlockingCallError, Watchdog
 
 __all__ = [
+    "FIFO",
+    "PCT",
+    "Blocked",
+    "BlockingCall",
+    "BlockingCallError",
+    "CancelSweep",
+    "CancelSweepError",
+    "CountingQueue",
     "DeadlockError",
+    "Exhaustive",
+    "Exploration",
+    "ExplorationFailure",
+    "HygieneError",
+    "HygieneProblem",
+    "Leak",
+    "Location",
+    "MemoryConnection",
+    "MemoryLink",
+    "MemoryNetwork",
+    "MemoryServer",
+    "MockAsyncIterator",
+    "MockTransport",
+    "Pipe",
+    "ProtocolHarness",
+    "RandomOrder",
+    "ResourceLeakError",
+    "ResourceTracker",
+    "Round",
+    "Run",
+    "Scheduler",
+    "Step",
+    "StepLimitError",
+    "Stepper",
+    "Strategy",
+    "StreamEnd",
+    "SweepPoint",
+    "TaskState",
+    "TaskTracker",
+    "Throughput",
+    "Trace",
     "VirtualClock",
     "VirtualTimeLoop",
+    "Watchdog",
     "advance",
+    "assert_blocks",
+    "bytes_diff",
+    "cancel_at_every_await",
+    "explore",
+    "format_timeline",
+    "fragment",
+    "is_blocked",
+    "measure_throughput",
+    "memory_connection",
     "new_virtual_loop",
+    "plot_timeline",
+    "record",
+    "replay",
     "run",
+    "run_cancel_sweep",
+    "run_until_idle",
+    "step_through",
+    "suspended_at",
+    "timeout_at_every_await",
 ]
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import linecache
 import os
 import types
@@ -61,7 +62,8 @@ def describe_task(task: asyncio.Task[Any]) -> str:
     coro = task.get_coro()
     qualname = getattr(coro, "__qualname__", type(coro).__name__)
     lines = [f"task {task.get_name()!r} running {qualname}()"]
-    frames = list(suspension_frames(coro))
+    started = not (inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == "CORO_CREATED")
+    frames = list(suspension_frames(coro)) if started else []
     if not frames:
         lines.append("    (not started yet)")
     for frame in frames:

@@ -36,6 +36,8 @@ __all__ = ["VirtualTimeLoop", "advance", "new_virtual_loop", "run"]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 _EVENT_MASK = selectors.EVENT_READ | selectors.EVENT_WRITE
+_REAL_RESOLUTION = _time.get_clock_info("monotonic").resolution
+_ULP_SAFE = 2.0**21  # below this, 2 * ulp(t) < 1 ns: the real clock's resolution is enough
 
 
 class _VirtualSelector(selectors.BaseSelector):
@@ -46,13 +48,18 @@ class _VirtualSelector(selectors.BaseSelector):
         self.loop: VirtualTimeLoop | None = None
         self.internal: set[int] = set()
         self.listeners: set[int] = set()
+        # Registered fds that are not the loop's own self-pipe: counted without get_map(),
+        # which costs a Python-level __len__ on every loop iteration.
+        self.outside: set[int] = set()
         self.constructing = True
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = self.real.register(fileobj, events, data)
         if self.constructing:
             self.internal.add(key.fd)
-        elif _is_listening_socket(key.fd):
+            return key
+        self.outside.add(key.fd)
+        if _is_listening_socket(key.fd):
             self.listeners.add(key.fd)
         return key
 
@@ -60,6 +67,7 @@ class _VirtualSelector(selectors.BaseSelector):
         key = self.real.unregister(fileobj)
         self.listeners.discard(key.fd)
         self.internal.discard(key.fd)
+        self.outside.discard(key.fd)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -80,10 +88,10 @@ class _VirtualSelector(selectors.BaseSelector):
 
     def external_fds(self) -> int:
         """How many registered fds belong to real I/O that can hold the clock."""
-        return len(self.real.get_map()) - len(self.internal) - len(self.listeners)
+        return len(self.outside) - len(self.listeners)
 
     def wake_sources(self) -> int:
-        return len(self.real.get_map()) - len(self.internal)
+        return len(self.outside)
 
 
 def _is_listening_socket(fd: int) -> bool:
@@ -97,6 +105,20 @@ def _is_listening_socket(fd: int) -> bool:
         return False
     finally:
         sock.detach()
+
+
+def _check_options(autojump_threshold: object, start: object) -> None:
+    if autojump_threshold is not None and (
+        not isinstance(autojump_threshold, (int, float))
+        or isinstance(autojump_threshold, bool)
+        or not autojump_threshold >= 0
+    ):
+        raise ValueError(
+            f"autojump_threshold must be a number of real seconds >= 0, or None to follow real "
+            f"time exactly, got {autojump_threshold!r}"
+        )
+    if not isinstance(start, (int, float)) or isinstance(start, bool) or not math.isfinite(start):
+        raise ValueError(f"start must be a finite number of seconds, got {start!r}")
 
 
 def _later(now: float, delta: float) -> float:
@@ -119,6 +141,26 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         assert loop.time() == 3600.0
     """
 
+    def __new__(
+        cls,
+        selector: selectors.BaseSelector | None = None,
+        *,
+        autojump: bool = True,
+        autojump_threshold: float | None = None,
+        start: float = 0.0,
+        **extra: Any,
+    ) -> VirtualTimeLoop:
+        # Arguments are checked here, not in __init__: a loop whose __init__ raised would fail
+        # again in BaseEventLoop.__del__ (an "Exception ignored" warning for the user).
+        # ``extra`` is for subclasses that take options of their own.
+        if extra and cls is VirtualTimeLoop:
+            raise TypeError(
+                f"VirtualTimeLoop() got an unexpected keyword argument {next(iter(extra))!r}; "
+                "it takes selector, autojump, autojump_threshold and start"
+            )
+        _check_options(autojump_threshold, start)
+        return super().__new__(cls)
+
     def __init__(
         self,
         selector: selectors.BaseSelector | None = None,
@@ -127,8 +169,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         autojump_threshold: float | None = None,
         start: float = 0.0,
     ) -> None:
-        if autojump_threshold is not None and autojump_threshold < 0:
-            raise ValueError(f"autojump_threshold must be >= 0 or None, got {autojump_threshold!r}")
         self._vt_now = float(start)
         self._vt_autojump = autojump
         self._vt_autojump_threshold = autojump_threshold
@@ -139,11 +179,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._vt_advance_target: float | None = None
         self._vt_advance_waiter: asyncio.Future[None] | None = None
         self._vt_idle_waiters: list[asyncio.Future[None]] = []
+        # Set by labkit.scheduler while it holds task wakeups; returns True if it released some.
+        self._vt_select_hook: Callable[[float | None], bool] | None = None
         self._vt_selector = _VirtualSelector(
             selector if selector is not None else selectors.DefaultSelector()
         )
         super().__init__(self._vt_selector)
         self._vt_selector.loop = self
+        # The hot path: asyncio calls selector.select() once per iteration; go straight to us.
+        self._vt_selector.select = self._select  # type: ignore[method-assign,assignment]
         self._vt_selector.constructing = False
 
     # -- the clock ----------------------------------------------------------------------
@@ -151,6 +195,20 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """The virtual time in seconds, starting at ``start`` (0.0 by default)."""
         return self._vt_now
+
+    # asyncio runs a timer once ``when < time() + _clock_resolution``. With the real clock's 1 ns
+    # resolution that sum stops moving past ~1e7 s (116 days) of virtual time, and a timer due
+    # "now" would never run: the loop spins. The resolution grows with the clock instead.
+    @property
+    def _clock_resolution(self) -> float:
+        now = self._vt_now
+        if -_ULP_SAFE < now < _ULP_SAFE:  # the common case, read once per loop iteration
+            return _REAL_RESOLUTION
+        return max(_REAL_RESOLUTION, 2 * math.ulp(now))
+
+    @_clock_resolution.setter
+    def _clock_resolution(self, _value: float) -> None:
+        pass  # BaseEventLoop.__init__ assigns the real clock's resolution; the property rules
 
     @property
     def autojump(self) -> bool:
@@ -286,9 +344,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._vt_selector.real.select(0)
 
     def _select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        hook = self._vt_select_hook
+        if hook is not None and hook(timeout):
+            timeout = 0  # held tasks were just made ready: they run in this iteration
         if timeout is not None and timeout <= 0:
             # Busy: poll real I/O only if some exists; callbacks from threads are already queued.
-            if self._vt_signal_handlers or self._vt_selector.wake_sources():
+            if self._vt_signal_handlers or self._vt_selector.outside:
                 return self._poll()
             return []
         # Idle: nothing is ready. Idle waiters first: they observe the loop before time moves.
@@ -403,3 +464,20 @@ def _task_order(task: asyncio.Task[Any]) -> tuple[int, str]:
     name = task.get_name()
     number = name[5:] if name.startswith("Task-") else ""
     return (int(number) if number.isdigit() else -1, name)
+
+
+def _standard_loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
+    """On asyncio's own loops: whether no callback is queued and no timer is due right now.
+
+    None when the loop keeps its queue out of sight (uvloop). Used by labkit.run_until_idle.
+    """
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return None
+    ready = getattr(loop, "_ready", None)
+    scheduled = getattr(loop, "_scheduled", None)
+    if ready is None or scheduled is None:
+        return None
+    if ready:
+        return False
+    due = loop.time() + getattr(loop, "_clock_resolution", 0.0)
+    return all(timer.cancelled() or timer.when() >= due for timer in scheduled)

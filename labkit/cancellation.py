@@ -1,0 +1,525 @@
+"""The cancel-at-every-await sweep: cancel a target at each of its suspension points in turn.
+
+A coroutine can be cancelled wherever it awaits something that is not ready yet. Code that is
+correct when it runs to completion often leaks a lock, a semaphore slot or a task when the
+cancellation lands at one particular ``await``. The sweep finds that ``await``: it runs a fresh
+instance of the target once to count its suspension points, then once per point *k*, cancelling
+it exactly when it suspends for the *k*-th time. After every run it checks that the
+cancellation propagated (the target did not swallow ``CancelledError``), that no task the
+target started is still pending, and that the caller's ``check()`` holds.
+
+How the k-th suspension is found, with public API only: the target's coroutine is driven
+through a small trampoline that forwards ``send``/``throw``/``close`` and counts every value the
+coroutine yields to its task (a future to wait for, or ``None`` for a bare yield such as
+``asyncio.sleep(0)``). At the k-th yield it calls ``task.cancel()``, so the task cancels the
+future it is about to wait for and the target sees ``CancelledError`` at that very ``await``,
+exactly as when another task cancels it there. The timeout flavour instead wraps the target in
+``asyncio.timeout(None)`` and reschedules the deadline to "now" at the k-th yield.
+
+Cost: a target with *n* suspension points is run ``n + 1`` times and run *k* executes about *k*
+steps, so the sweep costs about ``n²/2`` target steps. For a target with 200 awaits that is 201
+runs and about 20,300 steps: 0.4 to 0.9 s of real time on the kit's shared 2-core machine, on
+the virtual loop where the target's sleeps cost nothing (``bench/cancellation.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import linecache
+import re
+import types
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from labkit.backpressure import _in_asyncio, _label_file, _settle
+from labkit.deadlock import suspension_frames
+from labkit.loop import VirtualTimeLoop, new_virtual_loop
+
+__all__ = [
+    "CancelSweep",
+    "CancelSweepError",
+    "SweepPoint",
+    "cancel_at_every_await",
+    "run_cancel_sweep",
+    "timeout_at_every_await",
+]
+
+Factory = Callable[[], Awaitable[Any]]
+Check = Callable[[], Any]
+_Mode = Literal["cancel", "timeout"]
+_AUTO_TASK_NAME = re.compile(r"Task-\d+")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One row of a sweep: where the target was cancelled and what happened then.
+
+    ``k`` is 1-based; row 0 is the baseline run without any cancellation.
+
+    Example::
+
+        point = report.points[2]
+        print(point.k, point.where, point.code, point.outcome)   # 2 pool.py:31 ... ok
+    """
+
+    k: int
+    where: str
+    code: str
+    outcome: str
+    ok: bool
+    stack: tuple[str, ...] = ()
+
+    def row(self) -> str:
+        """The point as one line of the report's table."""
+        where = f"{self.where}  {self.code}" if self.code else self.where
+        return f"{self.k:>4}  {where:<52}  {self.outcome}"
+
+
+@dataclass(frozen=True)
+class CancelSweep:
+    """The result of a sweep: one :class:`SweepPoint` per suspension point, plus the baseline.
+
+    ``str(report)`` is the table; it is deterministic (file basenames and line numbers, task
+    names, no addresses or timings), so a notebook can print it.
+
+    Example::
+
+        report = await labkit.cancel_at_every_await(lambda: job(pool), check=pool.assert_idle)
+        print(report)
+        assert report.ok, report
+    """
+
+    target: str
+    mode: _Mode
+    points: tuple[SweepPoint, ...] = field(default_factory=tuple)
+
+    @property
+    def suspension_points(self) -> int:
+        """How many suspension points the baseline run found."""
+        return sum(1 for point in self.points if point.k > 0)
+
+    @property
+    def failures(self) -> tuple[SweepPoint, ...]:
+        """The rows whose outcome is not ``ok``."""
+        return tuple(point for point in self.points if not point.ok)
+
+    @property
+    def ok(self) -> bool:
+        """True when every row, the baseline included, is ``ok``."""
+        return not self.failures
+
+    def table(self) -> str:
+        """The report as a text table: point k, the ``file:line`` of the await, the outcome."""
+        verb = "cancel" if self.mode == "cancel" else "timeout"
+        failing = len(self.failures)
+        head = (
+            f"{verb} sweep of {self.target}: {self.suspension_points} suspension point(s), "
+            f"{'all ok' if not failing else f'{failing} failing'}"
+        )
+        lines = [head]
+        first = next((point for point in self.points if not point.ok), None)
+        if first is not None and first.k > 0 and failing > 1:
+            lines.append(
+                f"first failure: point {first.k} ({first.where}); later rows may inherit the "
+                "state it left behind"
+            )
+        lines.append(f"{'k':>4}  {'await':<52}  outcome")
+        lines.extend(point.row() for point in self.points)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def assert_ok(self) -> None:
+        """Raise :class:`CancelSweepError` (an AssertionError) with the table if a row failed."""
+        if not self.ok:
+            raise CancelSweepError(self)
+
+
+class CancelSweepError(AssertionError):
+    """A cancellation sweep found points where the target misbehaves; the message is the table.
+
+    Example::
+
+        try:
+            await labkit.cancel_at_every_await(lambda: job(pool))
+        except labkit.CancelSweepError as error:
+            print(error.report.failures)
+    """
+
+    def __init__(self, report: CancelSweep) -> None:
+        super().__init__(report.table())
+        self.report = report
+
+
+async def cancel_at_every_await(
+    factory: Factory,
+    *,
+    check: Check | None = None,
+    limit: float = 600.0,
+    raise_on_failure: bool = True,
+) -> CancelSweep:
+    """Cancel a fresh instance of the target at each of its suspension points in turn.
+
+    ``factory()`` must return a new coroutine each call (``lambda: job(pool)``). Every run
+    must end with ``CancelledError`` propagating out of the target, no task the target started
+    still pending once the loop is idle, and ``check()`` (sync or async, raising
+    ``AssertionError``) holding. Each run may take ``limit`` seconds of loop time before it
+    counts as hung; on the virtual loop that costs no real time. Raises
+    :class:`CancelSweepError` with the table when a row fails, unless ``raise_on_failure`` is
+    false; returns the :class:`CancelSweep` report either way.
+
+    Example::
+
+        @pytest.mark.asyncio(loop_factories=["virtual"])
+        async def test_pool_survives_cancellation():
+            pool = Pool(size=2)
+            await labkit.cancel_at_every_await(
+                lambda: pool.run(job), check=lambda: pool.assert_all_free()
+            )
+    """
+    return await _sweep(factory, "cancel", check, limit, raise_on_failure)
+
+
+async def timeout_at_every_await(
+    factory: Factory,
+    *,
+    check: Check | None = None,
+    limit: float = 600.0,
+    raise_on_failure: bool = True,
+) -> CancelSweep:
+    """Like :func:`cancel_at_every_await`, with an ``asyncio.timeout`` expiring at each point.
+
+    Run *k* wraps the target in ``asyncio.timeout(None)`` and moves the deadline to "now" when
+    the target suspends for the *k*-th time; the run must end in ``TimeoutError``.
+
+    Example::
+
+        report = await labkit.timeout_at_every_await(lambda: fetch(client), check=client.idle)
+        print(report)
+    """
+    return await _sweep(factory, "timeout", check, limit, raise_on_failure)
+
+
+def run_cancel_sweep(
+    factory: Factory,
+    *,
+    check: Check | None = None,
+    timeout: bool = False,
+    limit: float = 600.0,
+    raise_on_failure: bool = True,
+) -> CancelSweep:
+    """Run the sweep from synchronous code, on a fresh virtual loop of its own.
+
+    Usable from a plain (non-async) pytest test and from a notebook cell: when the calling
+    thread already runs an event loop (as Jupyter's does) the sweep runs in a worker thread.
+    ``timeout=True`` selects the ``asyncio.timeout`` flavour.
+
+    Example::
+
+        def test_worker_is_cancel_safe():
+            labkit.run_cancel_sweep(lambda: worker(queue), check=queue.empty)
+    """
+    mode: _Mode = "timeout" if timeout else "cancel"
+
+    def main() -> CancelSweep:
+        with asyncio.Runner(loop_factory=new_virtual_loop) as runner:
+            return runner.run(_sweep(factory, mode, check, limit, raise_on_failure))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return main()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="labkit-sweep") as pool:
+        return pool.submit(main).result()
+
+
+# -- the trampoline ------------------------------------------------------------------------
+
+
+class _Trampoline:
+    """Drives the target's coroutine for its task, counting the values it yields."""
+
+    def __init__(self, target: Any, at: int, on_point: Callable[[], None] | None = None) -> None:
+        self._target = target
+        self._iterator: Any = target if _is_driveable(target) else target.__await__()
+        self._at = at
+        self._on_point = on_point
+        self.name = f"{getattr(target, '__qualname__', type(target).__name__)}()"
+        self.count = 0
+        self.delivered_at: int | None = None
+        self.where = ""
+        self.code = ""
+        self.stack: tuple[str, ...] = ()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __iter__(self) -> _Trampoline:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        return self._suspended(self._iterator.send(value))
+
+    def throw(self, *args: Any) -> Any:
+        error = _exception_from(args)
+        if isinstance(error, asyncio.CancelledError) and self.delivered_at is None:
+            self.delivered_at = self.count
+        return self._suspended(self._iterator.throw(error))
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    def _suspended(self, yielded: Any) -> Any:
+        self.count += 1
+        if self.count == self._at:
+            self.where, self.code, self.stack = _locate(self._target)
+            if self._on_point is not None:
+                self._on_point()
+        return yielded
+
+    def locate_now(self) -> tuple[str, str, tuple[str, ...]]:
+        """Where the target is suspended right now."""
+        return _locate(self._target)
+
+
+def _is_driveable(target: Any) -> bool:
+    return inspect.iscoroutine(target) or inspect.isgenerator(target)
+
+
+def _exception_from(args: tuple[Any, ...]) -> BaseException:
+    """Normalize both throw() signatures, ``throw(exc)`` and ``throw(type, value, tb)``."""
+    first = args[0]
+    if isinstance(first, BaseException):
+        return first
+    value = args[1] if len(args) > 1 else None
+    error: BaseException = value if isinstance(value, BaseException) else first()
+    if len(args) > 2 and args[2] is not None:
+        error = error.with_traceback(args[2])
+    return error
+
+
+def _frame_label(frame: types.FrameType) -> str:
+    code = frame.f_code
+    return f"{_label_file(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
+
+
+def _locate(target: Any) -> tuple[str, str, tuple[str, ...]]:
+    frames = list(suspension_frames(target))
+    if not frames:
+        return "?", "", ()
+    own = frames[0]
+    where = f"{_label_file(own.f_code.co_filename)}:{own.f_lineno}"
+    code = linecache.getline(own.f_code.co_filename, own.f_lineno).strip()
+    return where, code, tuple(_frame_label(frame) for frame in frames)
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    trampoline: _Trampoline
+    task: asyncio.Task[Any]
+    timeout: asyncio.Timeout | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _new_target(factory: Factory) -> Any:
+    target = factory()
+    if isinstance(target, asyncio.Future):
+        raise TypeError(
+            f"the factory returned a {type(target).__name__}, which is already scheduled and "
+            "cannot be driven point by point: return a fresh coroutine instead, e.g. "
+            "`lambda: job(pool)`"
+        )
+    if not (_is_driveable(target) or hasattr(target, "__await__")):
+        raise TypeError(
+            f"the factory returned {type(target).__name__!s}, not an awaitable: pass a "
+            "function that makes a fresh coroutine each call, e.g. `lambda: job(pool)`"
+        )
+    return target
+
+
+async def _start(factory: Factory, mode: _Mode, k: int) -> _Run:
+    target = _new_target(factory)
+    holder: list[_Run] = []
+
+    def on_point() -> None:
+        run = holder[0]
+        if run.timeout is not None:
+            run.timeout.reschedule(asyncio.get_running_loop().time())
+        else:
+            run.task.cancel()
+
+    trampoline = _Trampoline(target, k, on_point if k > 0 else None)
+
+    async def drive() -> Any:
+        if mode == "timeout":
+            async with asyncio.timeout(None) as deadline:
+                holder[0].timeout = deadline
+                return await trampoline
+        return await trampoline
+
+    task = asyncio.get_running_loop().create_task(drive(), name=f"cancel-sweep:{k}")
+    holder.append(_Run(trampoline, task))
+    return holder[0]
+
+
+def _task_label(task: asyncio.Task[Any]) -> str:
+    name = task.get_name()
+    if _AUTO_TASK_NAME.fullmatch(name):
+        coro = task.get_coro()
+        name = f"{getattr(coro, '__qualname__', type(coro).__name__)}()"
+    else:
+        name = repr(name)
+    frames = list(suspension_frames(task.get_coro()))
+    own = [frame for frame in frames if not _in_asyncio(frame)]
+    if own:
+        return f"{name} at {_frame_label(own[-1])}"
+    if frames:
+        return f"{name} waiting inside asyncio.{frames[-1].f_code.co_qualname}"
+    return f"{name} (not started)"
+
+
+async def _finish(run: _Run, mode: _Mode, k: int, limit: float) -> None:
+    task = run.task
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        where = run.trampoline.locate_now()[0]
+        run.problems.append(f"hung: still waiting at {where} after {_seconds(limit)}")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            run.problems.append("and it ignores cancellation")
+            return
+        if k > 0:
+            return
+    if k == 0:
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            run.problems.append(f"failed without any cancellation: {error!r}")
+        return
+    expected = asyncio.CancelledError if mode == "cancel" else TimeoutError
+    delivered = run.trampoline.delivered_at
+    if delivered is not None and delivered != k:
+        run.problems.append(f"cancellation landed at point {delivered}")
+    if task.cancelled():
+        if mode == "timeout":
+            run.problems.append("CancelledError escaped instead of TimeoutError")
+        return
+    error = task.exception()
+    if error is None:
+        run.problems.append(f"swallowed: returned {_short(task.result())} after the cancellation")
+    elif not isinstance(error, expected):
+        run.problems.append(f"replaced {expected.__name__} with {_short(error)}")
+
+
+async def _check_after(check: Check | None) -> str | None:
+    if check is None:
+        return None
+    try:
+        result = check()
+        if inspect.isawaitable(result):
+            await result
+    except AssertionError as error:
+        message = str(error).strip().splitlines()
+        return f"check failed: {message[0] if message else 'AssertionError'}"
+    except Exception as error:
+        return f"check raised {_short(error)}"
+    return None
+
+
+async def _run_once(
+    factory: Factory, mode: _Mode, check: Check | None, k: int, limit: float
+) -> tuple[SweepPoint, int, str]:
+    loop = asyncio.get_running_loop()
+    before = asyncio.all_tasks(loop)
+    run = await _start(factory, mode, k)
+    await _finish(run, mode, k, limit)
+    try:
+        await _settle(any_loop=True)
+    except AssertionError as error:
+        run.problems.append(str(error))
+    leftovers = sorted(
+        (t for t in asyncio.all_tasks(loop) - before if t is not run.task and not t.done()),
+        key=_task_label,
+    )
+    if leftovers:
+        labels = ", ".join(_task_label(t) for t in leftovers)
+        run.problems.append(f"left pending: {labels}")
+        for leftover in leftovers:
+            leftover.cancel()
+        await asyncio.wait(leftovers, timeout=limit)
+    problem = await _check_after(check)
+    if problem is not None:
+        run.problems.append(problem)
+    if k == 0:
+        where, code = "(baseline)", "no cancellation"
+    elif run.trampoline.count < k:
+        where, code = "?", ""
+        run.problems.insert(
+            0,
+            f"not reached: finished after {run.trampoline.count} suspension(s); the target "
+            "suspends a different number of times per run (make it deterministic)",
+        )
+    else:
+        where, code = run.trampoline.where, run.trampoline.code
+    outcome = "; ".join(run.problems) or "ok"
+    point = SweepPoint(k, where, code, outcome, not run.problems, run.trampoline.stack)
+    return point, run.trampoline.count, run.trampoline.name
+
+
+async def _sweep(
+    factory: Factory, mode: _Mode, check: Check | None, limit: float, raise_on_failure: bool
+) -> CancelSweep:
+    _validate(factory, limit)
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeLoop) and not loop.autojump:
+        raise RuntimeError(
+            "the cancellation sweep needs a clock that moves by itself, but this VirtualTimeLoop "
+            "has autojump=False: run it on an autojump loop (the default) or a real loop"
+        )
+    baseline, count, name = await _run_once(factory, mode, check, 0, limit)
+    points = [baseline]
+    for k in range(1, count + 1):
+        point, _, _ = await _run_once(factory, mode, check, k, limit)
+        points.append(point)
+    report = CancelSweep(name, mode, tuple(points))
+    if raise_on_failure:
+        report.assert_ok()
+    return report
+
+
+def _validate(factory: Any, limit: float) -> None:
+    if inspect.isawaitable(factory):
+        if inspect.iscoroutine(factory):
+            factory.close()
+        raise TypeError(
+            "the sweep runs the target many times, so it needs a factory that makes a fresh "
+            "coroutine each call, not an awaitable: pass `job` or `lambda: job(pool)`, "
+            "not `job(pool)`"
+        )
+    if not callable(factory):
+        raise TypeError(
+            f"factory must be a callable returning a coroutine, got {type(factory).__name__}: "
+            "pass e.g. `lambda: job(pool)`"
+        )
+    if not isinstance(limit, (int, float)) or not limit > 0:
+        raise ValueError(f"limit must be a positive number of seconds, got {limit!r}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"

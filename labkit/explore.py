@@ -1,0 +1,480 @@
+"""Exploration: run a test body under many task orders, and replay the one that fails.
+
+Each run gets a fresh :class:`~labkit.VirtualTimeLoop`. Whenever several tasks are ready to
+resume, a :mod:`strategy <labkit.strategy>` picks which one goes next — the freedom a loop has
+in production when tasks are woken by independent events — while plain callbacks keep
+asyncio's FIFO order. A run is fully determined by its seed, so a failure report's seed replays
+the identical schedule, in this process or any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from labkit.loop import VirtualTimeLoop, new_virtual_loop
+from labkit.scheduler import _Control
+from labkit.strategy import FIFO, PCT, Chooser, Exhaustive, Strategy, strategy_from
+from labkit.trace import Trace
+
+__all__ = ["Exploration", "ExplorationFailure", "Run", "explore", "record", "replay"]
+
+Body = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Run:
+    """One run of a test body under one schedule: its seed, its trace, and how it ended.
+
+    Example::
+
+        run = labkit.replay(body, seed=17, strategy="pct", check=False)
+        print(run.failed, run.schedule)
+        run.trace.plot()
+    """
+
+    seed: int | None
+    strategy: str
+    trace: Trace
+    error: BaseException | None
+    result: Any = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the body raised."""
+        return self.error is not None
+
+    @property
+    def schedule(self) -> tuple[str, ...]:
+        """The task that ran at each step."""
+        return self.trace.schedule
+
+
+class ExplorationFailure(AssertionError):
+    """A schedule made the test body fail; the message holds the seed, the replay call and
+    the failing schedule, and the original error is chained as ``__cause__``.
+
+    Example::
+
+        try:
+            labkit.explore(body, runs=100)
+        except labkit.ExplorationFailure as failure:
+            failure.run.trace.plot()
+            labkit.replay(body, seed=failure.seed, strategy=failure.strategy)   # same failure
+    """
+
+    def __init__(self, run: Run, *, runs: int, strategy: Strategy, replay_hint: str) -> None:
+        self.run = run
+        self.seed = run.seed
+        self.strategy = strategy
+        self.runs = runs
+        self.error = run.error
+        error = run.error
+        what = f"{type(error).__name__}: {error}" if error is not None else "failed"
+        steps = len(run.trace)
+        lines = [
+            f"a schedule fails (run {runs}, strategy {run.strategy}, seed {run.seed}): {what}",
+            f"replay it: {replay_hint}",
+            f"the failing schedule ({steps} steps):",
+            run.trace.text(last=60),
+        ]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Exploration:
+    """What an exploration that found no failure covered.
+
+    Example::
+
+        report = labkit.explore(body, runs=200, strategy="pct")
+        print(report)   # runs, distinct schedules, the PCT bound for this test
+    """
+
+    strategy: Strategy
+    runs: int
+    schedules: int
+    seeds: range | None
+    max_steps: int
+    max_tasks: int
+    complete: bool = False
+
+    def __str__(self) -> str:
+        head = (
+            f"explored {self.runs} run(s) with {self.strategy.describe()}: "
+            f"{self.schedules} distinct schedule(s), up to {self.max_tasks} task(s) and "
+            f"{self.max_steps} step(s) per run, no failure"
+        )
+        if isinstance(self.strategy, Exhaustive):
+            tail = (
+                "every schedule was tried"
+                if self.complete
+                else "the schedule space was NOT exhausted (raise runs= or limit=)"
+            )
+            return f"{head}; {tail}"
+        if isinstance(self.strategy, PCT):
+            n, k, d = self.max_tasks, self.max_steps, self.strategy.depth
+            p = self.strategy.bound(n, k)
+            miss = (1.0 - p) ** self.runs
+            return (
+                f"{head}; PCT bound: one run finds a depth-{d} bug with p >= 1/({n}*{k}^{d - 1})"
+                f" = {p:.3g}, so {self.runs} runs find it with p >= {1.0 - miss:.3g}"
+            )
+        return head
+
+
+def _check_body(body: Body) -> None:
+    if asyncio.iscoroutine(body):
+        raise TypeError(
+            "explore() needs the async function itself (explore(test_body)), not a coroutine "
+            "(explore(test_body())): each run calls it again"
+        )
+    if not callable(body):
+        raise TypeError(f"explore() needs an async function taking no arguments, got {body!r}")
+
+
+def _coroutine(body: Body) -> Coroutine[Any, Any, Any]:
+    _check_body(body)
+    awaitable = body()
+    if asyncio.iscoroutine(awaitable):
+        return awaitable
+
+    async def wrapper() -> Any:
+        return await awaitable
+
+    if not hasattr(awaitable, "__await__"):
+        raise TypeError(
+            f"the body {getattr(body, '__qualname__', body)!r} returned "
+            f"{type(awaitable).__name__}, not an awaitable: make it an `async def`"
+        )
+    return wrapper()
+
+
+def _run_one(
+    body: Body,
+    chooser: Chooser,
+    *,
+    strategy: Strategy,
+    jitter: float,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    max_steps: int,
+) -> Run:
+    loop = (loop_factory or new_virtual_loop)()
+    if not isinstance(loop, VirtualTimeLoop):
+        loop.close()
+        raise TypeError(
+            "explore() runs on labkit's VirtualTimeLoop; loop_factory returned "
+            f"{type(loop).__module__}.{type(loop).__qualname__}"
+        )
+    coro = _coroutine(body)
+    window = float(jitter)
+    control = _Control(
+        loop,
+        choose=chooser.choose,
+        jitter=(lambda: chooser.jitter(window)) if window > 0 else None,
+        max_steps=max_steps,
+    )
+    error: BaseException | None = None
+    result: Any = None
+    runner = asyncio.Runner(loop_factory=lambda: loop)
+    try:
+        control.install()
+        try:
+            result = runner.run(coro)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = exc
+        finally:
+            control.uninstall()
+    finally:
+        runner.close()
+    name = strategy.describe().removeprefix("labkit.")
+    return Run(chooser.seed, name, control.recorder.trace, error, result)
+
+
+def _off_the_running_loop(function: Callable[[], Any]) -> Any:
+    """Call function here, or in a worker thread when this thread runs a loop (Jupyter)."""
+    __tracebackhide__ = True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:
+        return function()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="labkit-explore") as pool:
+        return pool.submit(function).result()
+
+
+def _replay_hint(body: Body, seed: int | None, strategy: Strategy, jitter: float) -> str:
+    name = getattr(body, "__name__", "body")
+    if seed is None:
+        return f"labkit.record({name})   (it fails in asyncio's own order)"
+    extra = f", jitter={jitter!r}" if jitter else ""
+    return f"labkit.replay({name}, seed={seed}, strategy={strategy.describe()}{extra})"
+
+
+def _calibrate(
+    body: Body,
+    strategy: Strategy,
+    options: dict[str, Any],
+    hint: Callable[[Run, Strategy], str],
+) -> None:
+    fifo = FIFO()
+    run = _run_one(body, fifo.chooser(0), strategy=fifo, **options)
+    if run.failed:
+        run.seed = None
+        raise ExplorationFailure(run, runs=1, strategy=fifo, replay_hint=hint(run, fifo)) from (
+            run.error
+        )
+    strategy.calibrate(len(run.trace), len(run.trace.tasks))
+
+
+def explore(
+    body: Body,
+    *,
+    runs: int = 100,
+    strategy: str | Strategy = "pct",
+    seed: int | None = 0,
+    jitter: float = 0.0,
+    max_steps: int = 100_000,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    _hint: Callable[[Run, Strategy], str] | None = None,
+) -> Exploration:
+    """Run ``body`` (an async function of no arguments) under ``runs`` different schedules.
+
+    Each run uses a fresh VirtualTimeLoop and the seed ``seed + i``; ``seed=None`` starts from
+    a random seed (reported on failure). ``strategy`` is "pct" (default), "random",
+    "exhaustive" or a :class:`~labkit.Strategy`. ``jitter=s`` also lets every timer fire up to
+    ``s`` seconds late, so timers due at nearly the same moment fire in either order. The first
+    failing run raises :class:`ExplorationFailure` with the seed and the schedule; otherwise
+    the returned :class:`Exploration` says what was covered.
+
+    Example::
+
+        async def two_deposits():
+            account = Account(balance=100)
+            await asyncio.gather(account.deposit(50), account.deposit(70))
+            assert account.balance == 220
+
+        labkit.explore(two_deposits, runs=50)     # ExplorationFailure: ... seed 3 ...
+        labkit.replay(two_deposits, seed=3)       # the same failure, every time
+    """
+    chosen = strategy_from(strategy)
+    _check_body(body)
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"runs must be a positive number of runs, got {runs!r}")
+    if not isinstance(jitter, (int, float)) or jitter < 0:
+        raise ValueError(f"jitter must be a number of seconds >= 0, got {jitter!r}")
+    base = random.SystemRandom().randrange(2**32) if seed is None else int(seed)
+    options: dict[str, Any] = {
+        "jitter": jitter,
+        "loop_factory": loop_factory,
+        "max_steps": max_steps,
+    }
+
+    def hint(run: Run, used: Strategy) -> str:
+        if _hint is not None:
+            return _hint(run, used)
+        return _replay_hint(body, run.seed, used, jitter)
+
+    def go() -> Exploration:
+        __tracebackhide__ = True
+        if chosen.needs_calibration:
+            _calibrate(body, chosen, options, hint)
+        schedules: set[tuple[str, ...]] = set()
+        max_steps_seen = max_tasks = count = 0
+        for chooser in chosen.choosers(base, runs):
+            run = _run_one(body, chooser, strategy=chosen, **options)
+            chosen.done(chooser)
+            run.seed = chooser.seed
+            count += 1
+            if run.failed:
+                raise ExplorationFailure(
+                    run, runs=count, strategy=chosen, replay_hint=hint(run, chosen)
+                ) from run.error
+            schedules.add(run.schedule)
+            max_steps_seen = max(max_steps_seen, len(run.trace))
+            max_tasks = max(max_tasks, len(run.trace.tasks))
+        complete = bool(getattr(chosen, "complete", False))
+        seeds = None if isinstance(chosen, Exhaustive) else range(base, base + count)
+        return Exploration(
+            chosen, count, len(schedules), seeds, max_steps_seen, max_tasks, complete
+        )
+
+    result: Exploration = _off_the_running_loop(go)
+    return result
+
+
+def replay(
+    body: Body,
+    seed: int,
+    *,
+    strategy: str | Strategy = "pct",
+    jitter: float = 0.0,
+    check: bool = True,
+    max_steps: int = 100_000,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    _hint: Callable[[Run, Strategy], str] | None = None,
+) -> Run:
+    """Run ``body`` once more under the schedule of run ``seed``: the same steps, every time.
+
+    Use the strategy (and jitter) of the exploration that reported the seed. With
+    ``check=True`` (default) a failure raises :class:`ExplorationFailure` again; with
+    ``check=False`` the :class:`Run` comes back either way, to look at its trace.
+
+    Example::
+
+        run = labkit.replay(two_deposits, seed=3, check=False)
+        print(run.error)
+        run.trace.plot()
+    """
+    chosen = strategy_from(strategy)
+    _check_body(body)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"replay() needs the integer seed from the failure report, got {seed!r}")
+    options: dict[str, Any] = {
+        "jitter": jitter,
+        "loop_factory": loop_factory,
+        "max_steps": max_steps,
+    }
+
+    def hint(run: Run, used: Strategy) -> str:
+        if _hint is not None:
+            return _hint(run, used)
+        return _replay_hint(body, run.seed, used, jitter)
+
+    def go() -> Run:
+        __tracebackhide__ = True
+        if chosen.needs_calibration:
+            _calibrate(body, chosen, options, hint)
+        chooser = chosen.chooser(seed)
+        run = _run_one(body, chooser, strategy=chosen, **options)
+        run.seed = seed
+        if check and run.failed:
+            raise ExplorationFailure(
+                run, runs=1, strategy=chosen, replay_hint=hint(run, chosen)
+            ) from run.error
+        return run
+
+    result: Run = _off_the_running_loop(go)
+    return result
+
+
+def record(
+    body: Body,
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> Run:
+    """Run ``body`` once in asyncio's own order and record its trace (it does not raise).
+
+    Example::
+
+        run = labkit.record(two_deposits)
+        print(run.trace)        # who ran at each step, woken by what, suspended where
+    """
+    fifo = FIFO()
+
+    def go() -> Run:
+        return _run_one(
+            body,
+            fifo.chooser(0),
+            strategy=fifo,
+            jitter=0.0,
+            loop_factory=loop_factory,
+            max_steps=100_000,
+        )
+
+    result: Run = _off_the_running_loop(go)
+    result.seed = None
+    return result
+
+
+_MARKER_KEYS = ("runs", "strategy", "seed", "jitter", "max_steps", "depth", "steps", "limit")
+
+
+def run_explore_marker(item: Any) -> bool:
+    """Run a pytest test marked ``labkit_explore(...)``: explore it, or replay ``--labkit-seed``.
+
+    Called by labkit's pytest plugin. The test is an ``async def``; each run calls it again on
+    a fresh VirtualTimeLoop (fixtures are made once per test, so build state inside the test).
+
+    Example::
+
+        @pytest.mark.labkit_explore(runs=200, strategy="pct", depth=2)
+        async def test_two_deposits():
+            ...
+    """
+    import functools
+    import inspect
+    import re
+
+    import pytest
+
+    __tracebackhide__ = True
+
+    marker = item.get_closest_marker("labkit_explore")
+    if marker.args:
+        pytest.fail(
+            "labkit_explore takes keyword arguments only, e.g. "
+            "@pytest.mark.labkit_explore(runs=100, strategy='pct')",
+            pytrace=False,
+        )
+    unknown = sorted(set(marker.kwargs) - set(_MARKER_KEYS))
+    if unknown:
+        pytest.fail(
+            f"labkit_explore got unknown option(s) {unknown}; it takes {', '.join(_MARKER_KEYS)}",
+            pytrace=False,
+        )
+    if item.get_closest_marker("asyncio") is not None:
+        pytest.fail(
+            "a labkit_explore test runs on fresh virtual loops of its own: remove "
+            "@pytest.mark.asyncio from it (and any asyncio pytestmark that reaches it)",
+            pytrace=False,
+        )
+    function = item.obj
+    if not inspect.iscoroutinefunction(function):
+        pytest.fail("labkit_explore marks `async def` tests only", pytrace=False)
+    options = dict(marker.kwargs)
+    strategy_options = {k: options.pop(k) for k in ("depth", "steps", "limit") if k in options}
+    try:
+        strategy = strategy_from(options.pop("strategy", "pct"), **strategy_options)
+    except (TypeError, ValueError) as exc:
+        pytest.fail(f"labkit_explore: {exc}", pytrace=False)
+    loop_factory = None
+    clock = item.get_closest_marker("labkit_clock")
+    if clock is not None:
+        clock_options = dict(clock.kwargs)
+
+        def loop_factory() -> asyncio.AbstractEventLoop:
+            return new_virtual_loop(**clock_options)
+
+    funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+    body = functools.partial(function, **funcargs)
+
+    in_notebook = re.fullmatch(r"t_[0-9a-f]{32}\.py", getattr(item.path, "name", "")) is not None
+    command = "%%ipytest" if in_notebook else f"pytest '{item.nodeid}'"
+
+    def hint(run: Run, used: Strategy) -> str:
+        if run.seed is None:
+            return f"{command} (it fails in asyncio's own order, no seed needed)"
+        return f"{command} --labkit-seed={run.seed}"
+
+    seed = item.config.getoption("labkit_seed", default=None)
+    common: dict[str, Any] = {
+        "strategy": strategy,
+        "jitter": options.get("jitter", 0.0),
+        "max_steps": options.get("max_steps", 100_000),
+        "loop_factory": loop_factory,
+        "_hint": hint,
+    }
+    if seed is not None:
+        replay(body, seed, **common)
+    else:
+        report = explore(body, runs=options.get("runs", 100), seed=options.get("seed", 0), **common)
+        item.user_properties.append(("labkit_explore", str(report)))
+    return True

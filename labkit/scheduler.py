@@ -1,0 +1,622 @@
+"""Deterministic scheduling: run until idle, step tasks one at a time, see what is ready.
+
+Asyncio resumes tasks in the order they were woken. Races hide in that order, and the usual
+tools to control it from a test (``await asyncio.sleep(0)`` "to let the other task run",
+peeking at ``loop._ready``) are guesses about the loop's internals. On labkit's
+:class:`~labkit.VirtualTimeLoop` a test can instead hold task wake-ups and release them
+explicitly: :func:`run_until_idle`, :func:`step_through` and :class:`Scheduler` do that with
+asyncio's public API from the test's side (plain callbacks keep asyncio's FIFO order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import types
+import weakref
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from labkit.loop import VirtualTimeLoop, _standard_loop_idle, advance
+from labkit.trace import Labels, Step, TaskState, Trace, outcome, suspension
+
+__all__ = ["Round", "Scheduler", "StepLimitError", "Stepper", "run_until_idle", "step_through"]
+
+_WAKEUP_NAMES = frozenset({"task_wakeup", "__wakeup", "__step"})
+
+
+class StepLimitError(RuntimeError):
+    """A controlled run took more scheduling steps than allowed: a task probably never blocks."""
+
+
+def _task_of(callback: Any) -> asyncio.Task[Any] | None:
+    """The task whose step or wake-up this callback is, or None for a plain callback."""
+    owner = getattr(callback, "__self__", None)
+    if owner is None or not hasattr(owner, "get_coro") or not asyncio.isfuture(owner):
+        return None
+    if type(callback).__name__ == "TaskStepMethWrapper":
+        return owner  # type: ignore[return-value]
+    if getattr(callback, "__name__", "") in _WAKEUP_NAMES:
+        return owner  # type: ignore[return-value]
+    return None
+
+
+@dataclass(eq=False)
+class _Entry:
+    task: asyncio.Task[Any]
+    handle: asyncio.Handle
+    callback: Callable[..., Any]
+    args: tuple[Any, ...]
+    context: contextvars.Context
+    woken_at: float
+    woken_after: int
+    woken_by: str
+
+
+class _Recorder:
+    """What a controlled run remembers: the trace, task names, timers, who has started."""
+
+    def __init__(self) -> None:
+        self.trace = Trace()
+        self.labels = Labels()
+        self.timers: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self.started: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self.in_flight = 0
+        self.steps_begun = 0
+
+
+class _Control:
+    """Holds a VirtualTimeLoop's task wake-ups in a pool and releases them on demand.
+
+    Installed, it shadows the loop's ``call_soon`` and ``call_at`` with instance attributes
+    (asyncio's C Task looks ``call_soon`` up on the instance) and sets the loop's select hook.
+    A task wake-up goes to the pool; any other callback goes straight to the loop, so asyncio's
+    FIFO order for plain callbacks is kept. With ``choose`` set (exploration), each select
+    releases one pooled task that ``choose`` picks; otherwise the pool is released in FIFO order
+    at the next select, unless an operation of a Scheduler or step_through holds it.
+    """
+
+    def __init__(
+        self,
+        loop: VirtualTimeLoop,
+        recorder: _Recorder | None = None,
+        *,
+        choose: Callable[[Sequence[str]], int] | None = None,
+        jitter: Callable[[], float] | None = None,
+        exempt: asyncio.Task[Any] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        self.loop = loop
+        self.recorder = recorder if recorder is not None else _Recorder()
+        self.choose = choose
+        self.jitter = jitter
+        self.exempt = exempt
+        self.max_steps = max_steps
+        self.pool: list[_Entry] = []
+        self.holding = 0
+        self.release_all = False
+        self.on_pool: asyncio.Future[None] | None = None
+        self.installed = False
+        self._real_call_soon = types.MethodType(type(loop).call_soon, loop)
+        self._real_call_at = types.MethodType(type(loop).call_at, loop)
+
+    # -- installing --------------------------------------------------------------------
+
+    def install(self) -> None:
+        loop = self.loop
+        if loop._vt_select_hook is not None:
+            raise RuntimeError(
+                "this loop is already under a labkit scheduler (a Scheduler block, a "
+                "step_through() or an exploration); finish that one before starting another"
+            )
+        attributes = vars(loop)
+        attributes["call_soon"] = self._call_soon
+        attributes["call_at"] = self._call_at
+        loop._vt_select_hook = self._hook
+        self.installed = True
+
+    def uninstall(self) -> None:
+        """Stop holding; wake-ups still held are handed to the loop in FIFO order."""
+        if not self.installed:
+            return
+        self.installed = False
+        attributes = vars(self.loop)
+        attributes.pop("call_soon", None)
+        attributes.pop("call_at", None)
+        self.loop._vt_select_hook = None
+        if not self.loop.is_closed():
+            self.release_pool()
+        self.pool.clear()
+
+    # -- the loop's side ---------------------------------------------------------------
+
+    def _call_soon(
+        self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        task = _task_of(callback)
+        if task is None or task is self.exempt:
+            handle: asyncio.Handle = self._real_call_soon(callback, *args, context=context)
+            return handle
+        if self.loop.is_closed():
+            raise RuntimeError("Event loop is closed")
+        if context is None:
+            context = contextvars.copy_context()
+        handle = asyncio.Handle(callback, args, self.loop, context)
+        entry = _Entry(
+            task,
+            handle,
+            callback,
+            args,
+            context,
+            self.loop.time(),
+            self.recorder.steps_begun,
+            self._waker(task, args),
+        )
+        self.pool.append(entry)
+        waiter = self.on_pool
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return handle
+
+    def _call_at(
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if self.jitter is not None:
+            when += self.jitter()
+        timer: asyncio.TimerHandle = self._real_call_at(when, callback, *args, context=context)
+        for arg in args:
+            if asyncio.isfuture(arg):
+                self.recorder.timers[arg] = timer.when()
+        return timer
+
+    def _waker(self, task: asyncio.Task[Any], args: tuple[Any, ...]) -> str:
+        recorder = self.recorder
+        current = asyncio.current_task(self.loop)
+        if task not in recorder.started and not args:
+            return f"created by {recorder.labels(current)}" if current is not None else "created"
+        if current is task:
+            return "itself"
+        if current is not None:
+            return f"task {recorder.labels(current)}"
+        if args and asyncio.isfuture(args[0]):
+            if args[0] in recorder.timers:
+                return "timer"
+            if type(args[0]).__name__ == "_GatheringFuture":
+                return "gather"
+        return "callback"
+
+    def _hook(self, timeout: float | None) -> bool:
+        if not self.pool:
+            return False
+        if self.choose is not None:
+            if self.max_steps is not None and len(self.recorder.trace.steps) >= self.max_steps:
+                raise StepLimitError(
+                    f"the run took more than {self.max_steps} scheduling steps without "
+                    "finishing: some task never blocks (a `while True: await "
+                    "asyncio.sleep(0)` loop?); pass max_steps= to allow more"
+                )
+            ready = [self.recorder.labels(entry.task) for entry in self.pool]
+            index = self.choose(ready)
+            self.release(self.pool.pop(index), tuple(ready))
+            return True
+        if self.release_all or not self.holding:
+            self.release_pool()
+            return True
+        return False
+
+    # -- releasing ---------------------------------------------------------------------
+
+    def ready_names(self) -> tuple[str, ...]:
+        return tuple(self.recorder.labels(entry.task) for entry in self.pool)
+
+    def release_pool(self) -> None:
+        pool, self.pool = self.pool, []
+        ready = tuple(self.recorder.labels(entry.task) for entry in pool)
+        for entry in pool:
+            self.release(entry, ready)
+
+    def release(self, entry: _Entry, ready: tuple[str, ...]) -> None:
+        if entry.handle.cancelled():
+            return
+        self.recorder.in_flight += 1
+        self._real_call_soon(self._run, entry, ready, context=entry.context)
+
+    def _run(self, entry: _Entry, ready: tuple[str, ...]) -> None:
+        recorder = self.recorder
+        recorder.in_flight -= 1
+        task = entry.task
+        if entry.handle.cancelled() or task.done():
+            return
+        now = self.loop.time()
+        recorder.started.add(task)
+        recorder.steps_begun += 1
+        entry.callback(*entry.args)
+        if task.done():
+            where, awaiting, until = None, None, None
+        else:
+            where, awaiting, until = suspension(task, recorder.labels, recorder.timers)
+        steps = recorder.trace.steps
+        steps.append(
+            Step(
+                number=len(steps) + 1,
+                time=now,
+                task=recorder.labels(task),
+                ready=ready,
+                woken_at=entry.woken_at,
+                woken_after=entry.woken_after,
+                woken_by=entry.woken_by,
+                where=where,
+                awaiting=awaiting,
+                until=until,
+                outcome=outcome(task),
+            )
+        )
+
+    async def wait_for_pool(self) -> None:
+        """Block until some task wake-up is held (time may move meanwhile)."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.on_pool = waiter
+        try:
+            await waiter
+        finally:
+            self.on_pool = None
+
+    def state(self, task: asyncio.Task[Any]) -> TaskState:
+        labels = self.recorder.labels
+        if task.done():
+            return TaskState(labels(task), "done", None, None, None)
+        for entry in self.pool:
+            if entry.task is task:
+                started = task in self.recorder.started
+                where = suspension(task, labels, self.recorder.timers)[0] if started else None
+                return TaskState(labels(task), "ready", where, None, None, entry.woken_by)
+        where, awaiting, until = suspension(task, labels, self.recorder.timers)
+        return TaskState(labels(task), "waiting", where, awaiting, until)
+
+
+def _virtual_loop(what: str) -> VirtualTimeLoop:
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, VirtualTimeLoop):
+        raise TypeError(
+            f"{what} needs labkit's virtual loop, but the test runs on "
+            f"{type(loop).__module__}.{type(loop).__qualname__}: mark the test "
+            "@pytest.mark.asyncio(loop_factories=['virtual']) or run it with labkit.run()"
+        )
+    return loop
+
+
+def _creation_order(task: asyncio.Task[Any]) -> tuple[int, str]:
+    name = task.get_name()
+    number = name[5:] if name.startswith("Task-") else ""
+    return (int(number) if number.isdigit() else 0, name)
+
+
+async def run_until_idle() -> None:
+    """Return once every other task is blocked and no callback is ready, before time moves.
+
+    On labkit's VirtualTimeLoop this is exact: it returns at the first moment the loop has
+    nothing to run but timers in the future (trio's ``wait_all_tasks_blocked``). On asyncio's
+    own loop it is the honest equivalent at that instant: it yields until no callback is queued
+    and no timer is due, and raises if that never happens within 10 000 rounds. uvloop keeps
+    its queue in C, so there it raises a TypeError naming the fix.
+
+    Example::
+
+        task = asyncio.create_task(consumer(queue))
+        await queue.put("job")
+        await labkit.run_until_idle()        # the consumer has taken the job and blocked again
+        assert queue.empty()
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeLoop):
+        await loop._wait_idle()
+        return
+    if _standard_loop_idle(loop) is None:
+        raise TypeError(
+            "run_until_idle() cannot see the ready queue of "
+            f"{type(loop).__module__}.{type(loop).__qualname__}; run the test on labkit's "
+            "virtual loop (loop_factories=['virtual']) or asyncio's own loop"
+        )
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if _standard_loop_idle(loop):
+            return
+    raise RuntimeError(
+        "run_until_idle(): the loop was still busy after 10000 rounds: some task never blocks "
+        "(a `while True: await asyncio.sleep(0)` loop?)"
+    )
+
+
+class Scheduler:
+    """Precise control over which task runs next on a VirtualTimeLoop, for a test.
+
+    Inside ``async with Scheduler() as s:`` the other tasks' wake-ups are held while the test
+    looks at them: :meth:`ready` lists tasks that could run, :meth:`waiting` the blocked ones
+    (where they wait, on what, until when); :meth:`step` runs exactly one of them to its next
+    ``await``; :meth:`run_until_idle` and :meth:`advance` let everything run. Whenever the test
+    task awaits anything else, held tasks run in asyncio's own order, so holding never
+    deadlocks a test. Every step is recorded in :attr:`trace`.
+
+    Example::
+
+        async with labkit.Scheduler() as s:
+            a = asyncio.create_task(deposit(account, 50), name="a")
+            b = asyncio.create_task(deposit(account, 70), name="b")
+            await s.step("b")            # b runs first, up to its first await
+            await s.step("a")
+            await s.run_until_idle()
+            print(s.trace)
+    """
+
+    def __init__(self) -> None:
+        self._control: _Control | None = None
+        self._recorder = _Recorder()
+
+    async def __aenter__(self) -> Scheduler:
+        loop = _virtual_loop("labkit.Scheduler")
+        control = _Control(loop, self._recorder, exempt=asyncio.current_task())
+        control.install()
+        self._control = control
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.uninstall()
+
+    def _require(self) -> _Control:
+        if self._control is None:
+            raise RuntimeError(
+                "the Scheduler is not active: use it as `async with labkit.Scheduler() as s:`"
+            )
+        return self._control
+
+    @property
+    def now(self) -> float:
+        """The loop's virtual time."""
+        return self._require().loop.time()
+
+    @property
+    def trace(self) -> Trace:
+        """Every step the scheduler has seen so far (also after the block)."""
+        return self._recorder.trace
+
+    def ready(self) -> list[TaskState]:
+        """The tasks that are ready to run, in the order they became ready."""
+        control = self._require()
+        return [control.state(entry.task) for entry in control.pool]
+
+    def waiting(self) -> list[TaskState]:
+        """The tasks that are blocked: where each waits, on what, and until when."""
+        control = self._require()
+        pooled = {entry.task for entry in control.pool}
+        tasks = sorted(
+            (
+                t
+                for t in asyncio.all_tasks(control.loop)
+                if t not in pooled and t is not control.exempt and not t.done()
+            ),
+            key=_creation_order,
+        )
+        return [control.state(t) for t in tasks]
+
+    async def step(self, task: asyncio.Task[Any] | str | None = None) -> Step:
+        """Run exactly one ready task (the first ready, or the one named) to its next ``await``.
+
+        Plain callbacks it schedules run too; tasks it wakes are held. Returns its step.
+        """
+        control = self._require()
+        if not control.pool:
+            waiting = "; ".join(str(state) for state in self.waiting()) or "no other task"
+            raise RuntimeError(
+                f"no task is ready to step (waiting: {waiting}); move the clock with "
+                "`await scheduler.advance(seconds)` or let everything run with "
+                "`await scheduler.run_until_idle()`"
+            )
+        index = 0
+        if task is not None:
+            names = control.ready_names()
+            matches = [
+                i for i, entry in enumerate(control.pool) if entry.task is task or names[i] == task
+            ]
+            if not matches:
+                wanted = task if isinstance(task, str) else control.recorder.labels(task)
+                raise RuntimeError(
+                    f"task {wanted!r} is not ready to run; ready: {', '.join(names)}"
+                )
+            index = matches[0]
+        ready = control.ready_names()
+        entry = control.pool.pop(index)
+        steps = control.recorder.trace.steps
+        mark = len(steps)
+        control.release(entry, ready)
+        control.holding += 1
+        try:
+            await control.loop._wait_idle()
+        finally:
+            control.holding -= 1
+        label = control.recorder.labels(entry.task)
+        for step in steps[mark:]:
+            if step.task == label:
+                return step
+        raise RuntimeError(f"task {label!r} was cancelled before it could run")
+
+    async def run_until_idle(self) -> None:
+        """Let every task run (asyncio's order) until all are blocked; time does not move."""
+        control = self._require()
+        control.release_all = True
+        try:
+            await control.loop._wait_idle()
+        finally:
+            control.release_all = False
+
+    async def advance(self, seconds: float) -> None:
+        """Move the virtual clock by ``seconds``, running everything that falls due, until idle."""
+        control = self._require()
+        control.release_all = True
+        try:
+            await advance(seconds)
+            await control.loop._wait_idle()
+        finally:
+            control.release_all = False
+
+
+@dataclass(frozen=True)
+class Round:
+    """One scheduling round of :func:`step_through`: every ready task ran one step.
+
+    Example::
+
+        async for rnd in labkit.step_through(producer(q), consumer(q)):
+            print(rnd)      # round 1 at t=0: producer -> Queue.put, consumer -> Queue.get
+    """
+
+    number: int
+    time: float
+    ran: tuple[Step, ...]
+    tasks: tuple[asyncio.Task[Any], ...]
+
+    @property
+    def done(self) -> bool:
+        """Whether every stepped task has finished."""
+        return all(task.done() for task in self.tasks)
+
+    def __str__(self) -> str:
+        parts = []
+        for step in self.ran:
+            after = step.awaiting if step.outcome == "suspended" else step.outcome
+            parts.append(f"{step.task} -> {after}")
+        ran = ", ".join(parts) if parts else "nothing ran"
+        return f"round {self.number} at t={self.time:g}: {ran}"
+
+
+class Stepper:
+    """Runs coroutines one scheduling round at a time; made by :func:`step_through`.
+
+    Iterate it (``async for rnd in stepper``) to look at the state between rounds, or await it
+    to run every round; either way :attr:`tasks` holds the tasks.
+
+    Example::
+
+        stepper = labkit.step_through(producer(q), consumer(q), steps=20)
+        async for rnd in stepper:
+            assert q.qsize() <= 1
+        assert all(t.done() for t in stepper.tasks)
+    """
+
+    def __init__(
+        self, coros: Sequence[Coroutine[Any, Any, Any]], steps: int, names: Sequence[str] | None
+    ) -> None:
+        self._coros = list(coros)
+        self._names = list(names) if names is not None else None
+        self._limit = steps
+        self._recorder = _Recorder()
+        self._control: _Control | None = None
+        self._mark = 0
+        self.rounds = 0
+        """How many rounds have run."""
+        self.tasks: tuple[asyncio.Task[Any], ...] = ()
+        """The stepped tasks, in the order their coroutines were given."""
+
+    @property
+    def trace(self) -> Trace:
+        """Every step of every round."""
+        return self._recorder.trace
+
+    def __aiter__(self) -> Stepper:
+        return self
+
+    async def __anext__(self) -> Round:
+        loop = _virtual_loop("labkit.step_through()")
+        if self._control is None:
+            if self.tasks:
+                raise StopAsyncIteration
+            self._control = _Control(loop, self._recorder, exempt=asyncio.current_task())
+            self._control.install()
+            self.tasks = tuple(self._start(loop))
+        control = self._control
+        if self.rounds >= self._limit or all(task.done() for task in self.tasks):
+            self._finish()
+            raise StopAsyncIteration
+        control.holding += 1
+        try:
+            if not control.pool and not self._recorder.in_flight:
+                await control.wait_for_pool()
+            control.release_pool()
+            await loop._wait_idle()
+        except BaseException:
+            self._finish()
+            raise
+        finally:
+            control.holding -= 1
+        self.rounds += 1
+        steps = self._recorder.trace.steps
+        ran, self._mark = tuple(steps[self._mark :]), len(steps)
+        time = ran[0].time if ran else loop.time()
+        if all(task.done() for task in self.tasks):
+            self._finish()
+        return Round(self.rounds, time, ran, self.tasks)
+
+    def _start(self, loop: VirtualTimeLoop) -> list[asyncio.Task[Any]]:
+        tasks = []
+        used: dict[str, int] = {}
+        for i, coro in enumerate(self._coros):
+            if self._names is not None:
+                name = self._names[i]
+            else:
+                name = getattr(coro, "__qualname__", "task").rsplit(".", 1)[-1]
+                used[name] = used.get(name, 0) + 1
+                name = name if used[name] == 1 else f"{name}#{used[name]}"
+            tasks.append(loop.create_task(coro, name=name))
+        return tasks
+
+    def _finish(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.uninstall()
+
+    async def _run_all(self) -> tuple[asyncio.Task[Any], ...]:
+        async for _ in self:
+            pass
+        return self.tasks
+
+    def __await__(self) -> Generator[Any, None, tuple[asyncio.Task[Any], ...]]:
+        return self._run_all().__await__()
+
+
+def step_through(
+    *coros: Coroutine[Any, Any, Any], steps: int = 1000, names: Sequence[str] | None = None
+) -> Stepper:
+    """Run coroutines as tasks, one scheduling round at a time, and hand back their tasks.
+
+    In each round every task that is ready runs exactly one step (to its next ``await``);
+    tasks it wakes wait for the next round. When no task is ready, the round first moves the
+    virtual clock to the next timer. Stops when all tasks are done or after ``steps`` rounds
+    (unfinished tasks are left running). Tasks are named ``names`` or after their coroutines.
+
+    Example::
+
+        stepper = labkit.step_through(producer(q), consumer(q), names=["producer", "consumer"])
+        async for rnd in stepper:
+            print(rnd, q.qsize())
+        tasks = await labkit.step_through(worker(1), worker(2))   # or just run all rounds
+    """
+    if not coros:
+        raise TypeError("step_through() needs at least one coroutine, e.g. step_through(worker())")
+    for coro in coros:
+        if not asyncio.iscoroutine(coro):
+            what = getattr(coro, "__qualname__", type(coro).__name__)
+            raise TypeError(
+                f"step_through() takes coroutine objects such as worker(), got {what!r}: "
+                "call the async function"
+            )
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive number of rounds, got {steps!r}")
+    if names is not None and len(names) != len(coros):
+        raise ValueError(f"names has {len(names)} names for {len(coros)} coroutines")
+    return Stepper(coros, steps, names)

@@ -1,0 +1,308 @@
+"""Strategies: how an exploration picks which ready task runs next, from a replayable seed.
+
+A strategy turns a seed into the choices of one run, so the seed alone reproduces the run:
+:class:`RandomOrder` (seeded random choices), :class:`PCT` (probabilistic concurrency testing,
+with its bound on the chance of finding a bug of a given depth) and :class:`Exhaustive` (every
+schedule of a small test, in order, up to a limit). :class:`FIFO` is asyncio's own order.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+__all__ = ["FIFO", "PCT", "Chooser", "Exhaustive", "RandomOrder", "Strategy"]
+
+
+class Chooser(ABC):
+    """The choices of one run: which ready task goes next, and how late each timer fires."""
+
+    seed: int | None = None
+
+    @abstractmethod
+    def choose(self, ready: Sequence[str]) -> int:
+        """Index into ``ready`` (task names, in the order they became ready) of the next task."""
+
+    def jitter(self, window: float) -> float:
+        """How late (0 to ``window`` seconds) the timer being scheduled fires."""
+        return 0.0
+
+
+class Strategy(ABC):
+    """A way of exploring schedules; one :class:`Chooser` per run, derived from its seed.
+
+    Example::
+
+        labkit.explore(body, strategy=labkit.PCT(depth=3), runs=200)
+    """
+
+    name: str = "strategy"
+
+    def calibrate(self, steps: int, tasks: int) -> None:  # noqa: B027 -- optional hook
+        """Learn the size of the test (steps and tasks in asyncio's own order) before the runs."""
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` must run before :meth:`chooser` (replay does it again)."""
+        return False
+
+    @abstractmethod
+    def chooser(self, seed: int) -> Chooser:
+        """The chooser that replays run ``seed``."""
+
+    def choosers(self, seed: int, runs: int) -> Iterator[Chooser]:
+        """The choosers of an exploration: runs ``seed``, ``seed + 1``, ..."""
+        for i in range(runs):
+            yield self.chooser(seed + i)
+
+    def done(self, chooser: Chooser) -> None:  # noqa: B027 -- optional hook
+        """Called after each run of an exploration with that run's chooser."""
+
+    def describe(self) -> str:
+        """How to write this strategy in Python, for failure reports."""
+        return f"labkit.{type(self).__name__}()"
+
+    def __repr__(self) -> str:
+        return self.describe().removeprefix("labkit.")
+
+
+class _FIFOChooser(Chooser):
+    def choose(self, ready: Sequence[str]) -> int:
+        return 0
+
+
+class FIFO(Strategy):
+    """Asyncio's own order: the task that became ready first runs first (one schedule).
+
+    Example::
+
+        run = labkit.record(body)     # records the natural schedule with this strategy
+    """
+
+    name = "fifo"
+
+    def chooser(self, seed: int) -> Chooser:
+        chooser = _FIFOChooser()
+        chooser.seed = seed
+        return chooser
+
+
+class _RandomChooser(Chooser):
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+
+    def choose(self, ready: Sequence[str]) -> int:
+        return self.rng.randrange(len(ready)) if len(ready) > 1 else 0
+
+    def jitter(self, window: float) -> float:
+        return self.rng.uniform(0.0, window)
+
+
+class RandomOrder(Strategy):
+    """At every step, a uniformly random ready task runs next (seeded, so replayable).
+
+    Example::
+
+        labkit.explore(body, strategy=labkit.RandomOrder(), runs=100, seed=0)
+    """
+
+    name = "random"
+
+    def chooser(self, seed: int) -> Chooser:
+        return _RandomChooser(seed)
+
+
+class _PCTChooser(Chooser):
+    def __init__(self, seed: int, depth: int, steps: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.depth = depth
+        self.priority: dict[str, float] = {}
+        self.step = 0
+        # Change point i (at step k_i) drops the running task's priority to i, below every
+        # initial priority (those are all > depth).
+        self.change_points = {self.rng.randint(1, max(steps, 1)): i for i in range(1, depth)}
+
+    def _priority(self, name: str) -> float:
+        value = self.priority.get(name)
+        if value is None:
+            value = self.priority[name] = self.depth + self.rng.random()
+        return value
+
+    def choose(self, ready: Sequence[str]) -> int:
+        self.step += 1
+        best = max(range(len(ready)), key=lambda i: self._priority(ready[i]))
+        lowered = self.change_points.get(self.step)
+        if lowered is not None:
+            self.priority[ready[best]] = lowered
+            best = max(range(len(ready)), key=lambda i: self._priority(ready[i]))
+        return best
+
+    def jitter(self, window: float) -> float:
+        return self.rng.uniform(0.0, window)
+
+
+class PCT(Strategy):
+    """Probabilistic concurrency testing: random task priorities plus ``depth - 1`` demotions.
+
+    The highest-priority ready task always runs; at ``depth - 1`` random steps the running
+    task drops below all others. For a test with at most ``n`` tasks and ``k`` steps, one run
+    finds any bug of depth ``d <= depth`` (one needing ``d`` ordering constraints) with
+    probability at least ``1 / (n * k**(d - 1))`` (Burckhardt et al., ASPLOS 2010).
+    ``steps`` is ``k``; by default it is measured with one run in asyncio's own order.
+
+    Example::
+
+        report = labkit.explore(body, strategy=labkit.PCT(depth=2), runs=100)
+        print(report)    # includes the probability bound for this test's n and k
+    """
+
+    name = "pct"
+
+    def __init__(self, depth: int = 2, steps: int | None = None) -> None:
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"PCT depth must be an integer >= 1, got {depth!r}")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"PCT steps must be a positive integer or None, got {steps!r}")
+        self.depth = depth
+        self.steps = steps
+        self.tasks: int | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.steps is None
+
+    def calibrate(self, steps: int, tasks: int) -> None:
+        if self.steps is None:
+            self.steps = max(steps, 1)
+        self.tasks = tasks
+
+    def chooser(self, seed: int) -> Chooser:
+        if self.steps is None:
+            raise RuntimeError("PCT needs steps=: pass PCT(steps=...) or let explore() measure it")
+        return _PCTChooser(seed, self.depth, self.steps)
+
+    def bound(self, tasks: int, steps: int, depth: int | None = None) -> float:
+        """PCT's lower bound on the chance that one run finds a bug of this depth."""
+        d = self.depth if depth is None else depth
+        return 1.0 / float(max(tasks, 1) * max(steps, 1) ** (d - 1))
+
+    def describe(self) -> str:
+        steps = "" if self.steps is None else f", steps={self.steps}"
+        return f"labkit.PCT(depth={self.depth}{steps})"
+
+
+class _PathChooser(Chooser):
+    """Follows a path of choices; each choice point with m > 1 options is one mixed-radix digit.
+
+    The seed of a schedule is its digits read as a mixed-radix number (first choice least
+    significant), so decoding it while the run unfolds replays the schedule exactly.
+    """
+
+    def __init__(self, *, prefix: Sequence[int] = (), seed: int | None = None) -> None:
+        self.prefix = list(prefix)
+        self.remaining = seed
+        self.path: list[tuple[int, int]] = []
+
+    def _pick(self, options: int) -> int:
+        if options <= 1:
+            return 0
+        if self.remaining is not None:
+            choice = self.remaining % options
+            self.remaining //= options
+        else:
+            depth = len(self.path)
+            choice = self.prefix[depth] if depth < len(self.prefix) else 0
+            choice = min(choice, options - 1)
+        self.path.append((choice, options))
+        return choice
+
+    def choose(self, ready: Sequence[str]) -> int:
+        return self._pick(len(ready))
+
+    def jitter(self, window: float) -> float:
+        return window * self._pick(2)
+
+    @property
+    def encoded(self) -> int:
+        seed, scale = 0, 1
+        for choice, options in self.path:
+            seed += choice * scale
+            scale *= options
+        return seed
+
+
+class Exhaustive(Strategy):
+    """Every schedule of a small test, one per run, depth first, up to ``limit`` schedules.
+
+    Each run's seed encodes its choices, so ``replay(seed)`` needs no search. With timer jitter,
+    each timer is one more choice: on time or ``jitter`` seconds late.
+
+    Example::
+
+        report = labkit.explore(body, strategy=labkit.Exhaustive(limit=5000), runs=None)
+        assert report.complete      # every schedule was tried
+    """
+
+    name = "exhaustive"
+
+    def __init__(self, limit: int = 10_000) -> None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"Exhaustive limit must be a positive integer, got {limit!r}")
+        self.limit = limit
+        self.complete = False
+        self._next: list[int] | None = []
+
+    def chooser(self, seed: int) -> Chooser:
+        chooser = _PathChooser(seed=seed)
+        chooser.seed = seed
+        return chooser
+
+    def choosers(self, seed: int, runs: int) -> Iterator[Chooser]:
+        self._next, self.complete = [], False
+        for _ in range(min(runs, self.limit)):
+            if self._next is None:
+                return
+            chooser = _PathChooser(prefix=self._next)
+            yield chooser
+
+    def done(self, chooser: Chooser) -> None:
+        assert isinstance(chooser, _PathChooser)
+        chooser.seed = chooser.encoded
+        path = list(chooser.path)
+        while path and path[-1][0] + 1 >= path[-1][1]:
+            path.pop()
+        if not path:
+            self._next, self.complete = None, True
+            return
+        choice, _ = path.pop()
+        self._next = [c for c, _ in path] + [choice + 1]
+
+    def describe(self) -> str:
+        return f"labkit.Exhaustive(limit={self.limit})"
+
+
+def strategy_from(spec: str | Strategy, **options: int) -> Strategy:
+    """A Strategy from its name ("pct", "random", "exhaustive", "fifo") or itself."""
+    if isinstance(spec, Strategy):
+        if options:
+            raise TypeError(f"options {sorted(options)} go to the strategy's own constructor")
+        return spec
+    makers: dict[str, type[Strategy]] = {
+        "pct": PCT,
+        "random": RandomOrder,
+        "exhaustive": Exhaustive,
+        "fifo": FIFO,
+    }
+    maker = makers.get(spec) if isinstance(spec, str) else None
+    if maker is None:
+        raise ValueError(
+            f"unknown exploration strategy {spec!r}; use one of {', '.join(makers)} "
+            "or a labkit.Strategy object such as labkit.PCT(depth=3)"
+        )
+    try:
+        return maker(**options)
+    except TypeError:
+        raise TypeError(f"strategy {spec!r} does not take options {sorted(options)}") from None

@@ -1,0 +1,489 @@
+"""Submissions: read a learner's notebook, check it belongs to a lesson, plan the cells to grade.
+
+A submission is untrusted input. :func:`load_submission` turns every problem into a
+:class:`SubmissionError` whose message is one line naming the file, the problem and the fix
+(not JSON, not a notebook, an unknown lesson, another lesson's notebook, missing exercise
+cells, duplicated cells, too large). A valid submission is matched against the lesson's
+instructor notebook by cell id: locked cells run as the instructor wrote them (a changed one is
+recorded as tampering), solution cells and cells the learner added run as the learner wrote
+them, and the hidden checks are kept apart for the sandbox to send last.
+
+Example::
+
+    lessons = load_lessons(Path("instructor"))
+    submission = load_submission(Path("collected/alice/04-backpressure.ipynb"), lessons)
+    print(submission.learner, submission.lesson.slug, submission.tampered)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labkit.sandbox import Cell, CellKind
+
+__all__ = [
+    "Lesson",
+    "LessonCell",
+    "Submission",
+    "SubmissionError",
+    "learner_name",
+    "load_lessons",
+    "load_submission",
+    "locked_hash",
+    "normalize",
+]
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+_NOTEBOOK_NAME = re.compile(r"^(\d{2})-[a-z0-9-]+$")
+_GENERIC_DIRS = {"notebooks", "submissions", "collected", "labkit", "lessons", ""}
+
+
+class SubmissionError(Exception):
+    """A submission (or the lesson files) cannot be graded; the message is one line for a person.
+
+    Example::
+
+        try:
+            load_submission(path, lessons)
+        except SubmissionError as error:
+            print(error)   # "alice.ipynb: not JSON (line 1, column 1: ...); ..."
+    """
+
+
+@dataclass(frozen=True)
+class LessonCell:
+    """One cell of an instructor notebook: id, type, role, exercise and the source as built.
+
+    Example::
+
+        LessonCell("ex-4-1-check", "code", "check", "4.1", 'check_test("4.1", ...)')
+    """
+
+    id: str
+    cell_type: str
+    role: str
+    exercise: str | None
+    source: str
+
+    @property
+    def locked(self) -> bool:
+        """Whether learners must leave this cell as it is (everything but solutions)."""
+        return self.role != "solution"
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """A lesson as the grader sees it: its instructor notebook's cells and its exercises' points.
+
+    ``version`` hashes what grading depends on (the instructor notebook), so a rebuilt lesson
+    regrades everyone.
+
+    Example::
+
+        lesson = load_lessons(Path("instructor"))[4]
+        print(lesson.slug, list(lesson.exercises))    # 04-backpressure ['4.1', '4.2']
+    """
+
+    number: int
+    slug: str
+    title: str
+    path: Path
+    cells: tuple[LessonCell, ...]
+    exercises: dict[str, float]
+    version: str
+    locked: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def max_points(self) -> float:
+        """The most points the lesson gives."""
+        return sum(self.exercises.values())
+
+
+@dataclass
+class Submission:
+    """A validated submission: who, which lesson, its content hash and the cells to run.
+
+    Example::
+
+        submission = load_submission(path, lessons)
+        result = run_cells(submission.cells, submission.hidden, Limits())
+    """
+
+    path: Path
+    learner: str
+    lesson: Lesson
+    sha256: str
+    cells: list[Cell]
+    hidden: list[Cell]
+    tampered: list[str] = field(default_factory=list)
+
+
+def normalize(source: str) -> str:
+    """The form locked cells are compared in: trailing whitespace of lines and of the cell removed.
+
+    Example::
+
+        assert normalize("x = 1  \\n\\n") == normalize("x = 1")
+    """
+    return "\n".join(line.rstrip() for line in source.split("\n")).rstrip()
+
+
+def locked_hash(source: str) -> str:
+    """The SHA-256 `labkit build` records for a locked cell (of its normalized source).
+
+    Example::
+
+        assert locked_hash("x = 1  ") == locked_hash("x = 1")
+    """
+    return hashlib.sha256(normalize(source).encode("utf-8")).hexdigest()
+
+
+def _source(cell: dict[str, Any]) -> str:
+    raw = cell.get("source", "")
+    if isinstance(raw, list):
+        return "".join(part for part in raw if isinstance(part, str))
+    return raw if isinstance(raw, str) else ""
+
+
+def _labkit(meta: Any) -> dict[str, Any]:
+    if isinstance(meta, dict):
+        value = meta.get("labkit")
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+# -- lessons ------------------------------------------------------------------------------
+
+
+def load_lessons(instructor: Path) -> dict[int, Lesson]:
+    """Every lesson in an instructor directory, by number; raises SubmissionError if unusable.
+
+    Example::
+
+        lessons = load_lessons(Path("instructor"))
+    """
+    manifest_path = instructor / "manifest.json"
+    if not manifest_path.is_file():
+        raise SubmissionError(
+            f"{manifest_path}: no lesson manifest; run `labkit build` to generate instructor/, "
+            "or point --instructor at the directory that has manifest.json"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SubmissionError(f"{manifest_path}: unreadable ({exc}); rerun `labkit build`") from exc
+    entries = _manifest_entries(manifest)
+    lessons: dict[int, Lesson] = {}
+    for notebook in sorted(instructor.glob("[0-9][0-9]-*.ipynb")):
+        lesson = _load_lesson(notebook, entries)
+        lessons[lesson.number] = lesson
+    if not lessons:
+        raise SubmissionError(f"{instructor}: no instructor notebooks; run `labkit build`")
+    return lessons
+
+
+def _manifest_entries(manifest: Any) -> dict[int, dict[str, Any]]:
+    """The manifest's per-lesson entries by lesson number (``{"lessons": {"04": {...}}}``)."""
+    raw = manifest.get("lessons") if isinstance(manifest, dict) else None
+    entries: dict[int, dict[str, Any]] = {}
+    if isinstance(raw, dict):
+        for key, entry in raw.items():
+            if isinstance(entry, dict) and str(key).isdigit():
+                entries[int(key)] = entry
+    return entries
+
+
+def _exercise_points(entry: dict[str, Any]) -> dict[str, float]:
+    raw = entry.get("exercises", {})
+    points: dict[str, float] = {}
+    if isinstance(raw, dict):
+        for ident, value in raw.items():
+            value = (
+                value.get("points", value.get("max_points")) if isinstance(value, dict) else value
+            )
+            points[str(ident)] = _points(value)
+    elif isinstance(raw, list):
+        for value in raw:
+            if isinstance(value, dict) and "id" in value:
+                points[str(value["id"])] = _points(value.get("points", value.get("max_points")))
+    return points
+
+
+def _points(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
+    data = path.read_bytes()
+    try:
+        notebook = json.loads(data)
+    except ValueError as exc:
+        raise SubmissionError(
+            f"{path}: the instructor notebook is not JSON; rerun `labkit build`"
+        ) from exc
+    meta = _labkit(notebook.get("metadata"))
+    match = _NOTEBOOK_NAME.match(path.stem)
+    number = int(str(meta.get("lesson", match.group(1) if match else -1)))
+    cells: list[LessonCell] = []
+    order: list[str] = []
+    for raw in notebook.get("cells", []):
+        info = _labkit(raw.get("metadata"))
+        role = str(info.get("role", "locked"))
+        exercise = info.get("exercise")
+        cells.append(
+            LessonCell(
+                id=str(raw.get("id", "")),
+                cell_type=str(raw.get("cell_type", "")),
+                role=role,
+                exercise=str(exercise) if exercise is not None else None,
+                source=_source(raw),
+            )
+        )
+        if exercise is not None and str(exercise) not in order:
+            order.append(str(exercise))
+    entry = entries.get(number, {})
+    recorded = entry.get("locked") if isinstance(entry.get("locked"), dict) else {}
+    locked = {c.id: locked_hash(c.source) for c in cells if c.locked}
+    for ident, digest in locked.items():
+        if recorded and recorded.get(ident) != digest:
+            raise SubmissionError(
+                f"{path}: cell {ident!r} does not match instructor/manifest.json (the lesson was "
+                "edited after `labkit build`); run `labkit build` again"
+            )
+    declared = _exercise_points(entry)
+    exercises = {ident: declared.get(ident, 0.0) for ident in order}
+    exercises.update({k: v for k, v in declared.items() if k not in exercises})
+    return Lesson(
+        number=number,
+        slug=path.stem,
+        title=str(meta.get("title", entry.get("title", path.stem))),
+        path=path,
+        cells=tuple(cells),
+        exercises=exercises,
+        version=hashlib.sha256(data).hexdigest()[:16],
+        locked=locked,
+    )
+
+
+# -- submissions --------------------------------------------------------------------------
+
+
+def learner_name(path: Path, lessons: dict[int, Lesson]) -> str:
+    """Who a submission is from: the file name, or its folder when the file keeps the lesson's name.
+
+    Example::
+
+        learner_name(Path("collected/alice/04-backpressure.ipynb"), lessons)   # "alice"
+        learner_name(Path("collected/bob.ipynb"), lessons)                     # "bob"
+    """
+    slugs = {lesson.slug for lesson in lessons.values()}
+    stem = path.stem
+    if stem not in slugs and not _NOTEBOOK_NAME.match(stem):
+        return stem
+    for parent in path.resolve().parents:
+        if parent.name.lower() not in _GENERIC_DIRS:
+            return parent.name
+    return stem
+
+
+def load_submission(
+    path: Path,
+    lessons: dict[int, Lesson],
+    *,
+    lesson: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Submission:
+    """Read, validate and plan one submission; raises SubmissionError (one line) if it is bad input.
+
+    Example::
+
+        submission = load_submission(Path("bob.ipynb"), lessons, lesson=4)
+    """
+    name = str(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise SubmissionError(
+                f"{name}: too large ({size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:.0f} MB); "
+                "clear the outputs (Edit > Clear Outputs of All Cells), save, and resubmit, "
+                "or raise --max-size"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SubmissionError(f"{name}: cannot read the file ({exc.strerror})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        notebook = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(
+            f"{name}: not JSON (the bytes are not UTF-8 text); submit the .ipynb JupyterLab saved"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise SubmissionError(
+            f"{name}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); submit the "
+            ".ipynb file JupyterLab saved, not an export or a copy-paste"
+        ) from exc
+    except RecursionError as exc:
+        raise SubmissionError(f"{name}: not a notebook (JSON nested too deeply)") from exc
+    cells = _notebook_cells(name, notebook)
+    target = _which_lesson(name, path, notebook, cells, lessons, lesson)
+    plan = _plan(name, cells, target)
+    return Submission(
+        path=path,
+        learner=learner_name(path, lessons),
+        lesson=target,
+        sha256=digest,
+        cells=plan[0],
+        hidden=plan[1],
+        tampered=plan[2],
+    )
+
+
+def _notebook_cells(name: str, notebook: Any) -> list[dict[str, Any]]:
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise SubmissionError(
+            f"{name}: not a Jupyter notebook (valid JSON, but without a list of cells); "
+            "submit the lesson's .ipynb file"
+        )
+    major = notebook.get("nbformat")
+    if major != 4:
+        raise SubmissionError(
+            f"{name}: not a Jupyter notebook in format 4 (nbformat is {major!r}); open it in "
+            "JupyterLab, save it, and resubmit"
+        )
+    cells: list[dict[str, Any]] = notebook["cells"]
+    for number, cell in enumerate(cells, 1):
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            raise SubmissionError(
+                f"{name}: not a valid notebook (cell {number} has no valid cell_type); open it "
+                "in JupyterLab, save it, and resubmit"
+            )
+        if not isinstance(cell.get("id"), str):
+            raise SubmissionError(
+                f"{name}: cell {number} has no id, so the notebook was not made from a lesson "
+                "notebook of this kit; copy your solutions into a fresh copy of the lesson"
+            )
+        if not isinstance(cell.get("source", ""), (str, list)):
+            raise SubmissionError(
+                f"{name}: not a valid notebook (cell {number}'s source is not text)"
+            )
+    counts = Counter(cell["id"] for cell in cells)
+    twice = [ident for ident, count in counts.items() if count > 1]
+    if twice:
+        raise SubmissionError(
+            f"{name}: duplicated cells (cell id {twice[0]!r} appears {counts[twice[0]]} times); "
+            "delete the extra copies, keeping the one with your work"
+        )
+    return cells
+
+
+def _which_lesson(
+    name: str,
+    path: Path,
+    notebook: dict[str, Any],
+    cells: list[dict[str, Any]],
+    lessons: dict[int, Lesson],
+    wanted: int | None,
+) -> Lesson:
+    known = ", ".join(f"{n:02d}" for n in sorted(lessons))
+    declared = _labkit(notebook.get("metadata")).get("lesson")
+    if declared is not None and not isinstance(declared, int):
+        declared = int(declared) if str(declared).isdigit() else None
+    match = _NOTEBOOK_NAME.match(path.stem)
+    number = wanted if wanted is not None else declared
+    if number is None and match:
+        number = int(match.group(1))
+    if number is None:
+        raise SubmissionError(
+            f"{name}: cannot tell which lesson this is (no lesson number in its metadata or "
+            "file name); pass --lesson N"
+        )
+    if number not in lessons:
+        raise SubmissionError(
+            f"{name}: unknown lesson {number} (the lessons are {known}); check --lesson"
+        )
+    ids = {cell["id"] for cell in cells}
+    target = lessons[number]
+    if declared is not None and declared != number:
+        raise SubmissionError(
+            f"{name}: a notebook from a different lesson (lesson {declared}, not lesson "
+            f"{number}); grade it with --lesson {declared} or submit lesson {number}'s notebook"
+        )
+    own = sum(1 for cell in target.cells if cell.role == "solution" and cell.id in ids)
+    if own == 0 and any(cell.role == "solution" for cell in target.cells):
+        for other in lessons.values():
+            if other is not target and any(
+                cell.role == "solution" and cell.id in ids for cell in other.cells
+            ):
+                raise SubmissionError(
+                    f"{name}: a notebook from a different lesson ({other.slug}, not "
+                    f"{target.slug}); submit {target.slug}.ipynb"
+                )
+    return target
+
+
+def _plan(
+    name: str, cells: list[dict[str, Any]], lesson: Lesson
+) -> tuple[list[Cell], list[Cell], list[str]]:
+    """The cells to run (learner phase), the hidden cells, and the tampering found."""
+    mine = {cell["id"]: cell for cell in cells}
+    missing = [c for c in lesson.cells if c.role == "solution" and c.id not in mine]
+    if missing:
+        first = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SubmissionError(
+            f"{name}: missing exercise cells: exercise {first.exercise}'s solution cell "
+            f"(id {first.id!r}) is not in the notebook{more}; copy your work into a fresh "
+            "copy of the lesson notebook and resubmit"
+        )
+    known = {c.id for c in lesson.cells}
+    extras: dict[str | None, list[dict[str, Any]]] = {}
+    previous: str | None = None
+    for cell in cells:
+        if cell["id"] in known:
+            previous = cell["id"]
+        elif cell["cell_type"] == "code":
+            extras.setdefault(previous, []).append(cell)
+
+    run: list[Cell] = [_extra(c) for c in extras.get(None, [])]
+    hidden: list[Cell] = []
+    tampered: list[str] = []
+    for original in lesson.cells:
+        theirs = mine.get(original.id)
+        if original.role == "hidden":
+            if original.cell_type == "code":
+                hidden.append(Cell(original.id, original.source, "hidden", original.exercise))
+            continue
+        if original.locked:
+            if theirs is None:
+                tampered.append(f"locked cell {original.id!r} was deleted (restored for grading)")
+            elif locked_hash(_source(theirs)) != lesson.locked[original.id] or (
+                theirs["cell_type"] != original.cell_type
+            ):
+                what = (
+                    "check cell"
+                    if original.role == "check"
+                    else f"locked {original.cell_type} cell"
+                )
+                tampered.append(f"{what} {original.id!r} was changed (graded with the original)")
+            if original.cell_type == "code":
+                kind: CellKind = "check" if original.role == "check" else "locked"
+                run.append(Cell(original.id, original.source, kind, original.exercise))
+        elif theirs is not None and theirs["cell_type"] == "code":
+            run.append(Cell(original.id, _source(theirs), "learner", original.exercise))
+        run.extend(_extra(c) for c in extras.get(original.id, []))
+    return run, hidden, tampered
+
+
+def _extra(cell: dict[str, Any]) -> Cell:
+    return Cell(str(cell["id"]), _source(cell), "learner")

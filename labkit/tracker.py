@@ -1,0 +1,445 @@
+"""ResourceTracker: find resources acquired and never released, with the stack that acquired each.
+
+A tracker holds each resource by *weak reference*, never by ``id()``: CPython reuses the id of
+a freed object for the next one, so an id-keyed registry silently merges a leaked resource with
+a new one and loses the leak. Each acquisition records its stack, so a leak report says where
+the resource came from, not just how many are missing.
+
+Example::
+
+    tracker = labkit.ResourceTracker()
+
+    class Pool:
+        @tracker.acquires
+        async def acquire(self) -> Connection: ...
+
+        @tracker.releases
+        async def release(self, conn: Connection) -> None: ...
+
+    async with tracker:                  # on exit: assert_all_released()
+        await handle(pool, bad_request)  # the error path forgets pool.release(conn)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+import sys
+import sysconfig
+import threading
+import types
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast, overload
+
+from labkit.trace import Location
+
+__all__ = ["Leak", "ResourceLeakError", "ResourceTracker"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_R = TypeVar("_R")
+
+_STDLIB = os.path.normcase(sysconfig.get_paths()["stdlib"]) + os.sep
+_LABKIT = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_MACHINERY_PACKAGES = frozenset(
+    {
+        "_pytest",
+        "pytest",
+        "pluggy",
+        "pytest_asyncio",
+        "uvloop",
+        "ipykernel",
+        "IPython",
+        "ipytest",
+        "tornado",
+        "zmq",
+        "jupyter_client",
+        "traitlets",
+        "nbclient",
+    }
+)
+_SITE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_Raw = tuple[str, int, str]
+
+
+# -- where things come from (shared with labkit.hygiene and labkit.watchdog) -----------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_machinery(filename: str) -> bool:
+    """Whether a frame in this file belongs to Python, labkit or the test runner, not the user."""
+    if not filename or filename.startswith("<frozen"):
+        return True
+    path = os.path.normcase(os.path.abspath(filename))
+    if path.startswith((_STDLIB, _LABKIT)) and "-packages" not in path:
+        return True
+    found = _SITE.search(path)
+    return found is not None and found.group(1).split(".")[0] in _MACHINERY_PACKAGES
+
+
+def _raw_stack(frame: types.FrameType | None, limit: int = 64) -> tuple[_Raw, ...]:
+    """(file, line, function) for a frame and its callers, innermost first; cheap to take."""
+    raw: list[_Raw] = []
+    while frame is not None and len(raw) < limit:
+        raw.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_qualname))
+        frame = frame.f_back
+    return tuple(raw)
+
+
+def _file_label(filename: str) -> str:
+    directory = os.path.basename(os.path.dirname(filename))
+    if directory.startswith("ipykernel_") or filename.startswith("<ipython-input"):
+        return "<cell>"
+    return os.path.basename(filename)
+
+
+def _locations(raw: tuple[_Raw, ...], depth: int) -> tuple[Location, ...]:
+    """The user's frames of a raw stack, most recent call last, at most ``depth`` of them."""
+    import linecache
+
+    user = [entry for entry in raw if not _is_machinery(entry[0])][:depth]
+    return tuple(
+        Location(
+            _file_label(filename),
+            line,
+            function,
+            linecache.getline(filename, line).strip(),
+        )
+        for filename, line, function in reversed(user)
+    )
+
+
+def _format_stack(stack: tuple[Location, ...], indent: str = "    ") -> str:
+    if not stack:
+        return f"{indent}(no frame of your code on the stack)"
+    return "\n".join(f"{indent}{place}" for place in stack)
+
+
+def _describe(obj: object) -> str:
+    """A short, stable description of an object: its repr without memory addresses."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = ""
+    if not text or _ADDRESS.search(text):
+        return f"<{type(obj).__qualname__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- the tracker ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One resource acquired and never released: what it was, whether it still exists, where."""
+
+    resource: str
+    """The resource's repr (or ``<Type>`` when the repr would show a memory address)."""
+    collected: bool
+    """True when the resource was garbage-collected without ever being released."""
+    stack: tuple[Location, ...]
+    """Where it was acquired, most recent call last (your code only)."""
+
+    def __str__(self) -> str:
+        state = "garbage-collected without release" if self.collected else "still held"
+        return f"{self.resource} ({state}), acquired at\n{_format_stack(self.stack, '      ')}"
+
+
+class ResourceLeakError(AssertionError):
+    """Resources were acquired and never released; the message lists each with its stack."""
+
+    def __init__(self, message: str, leaks: list[Leak], problems: list[str]) -> None:
+        super().__init__(message)
+        self.leaks = leaks
+        self.problems = problems
+
+
+@dataclass(eq=False)
+class _Held:
+    ref: weakref.ref[Any]
+    description: str
+    stacks: list[tuple[_Raw, ...]]
+
+
+class ResourceTracker:
+    """Record every acquire and release of a resource, and fail listing each one never released.
+
+    Resources are held by weak reference, so tracking never keeps one alive and a new object
+    that reuses a freed object's ``id()`` is never mistaken for it. Acquiring the same object
+    again nests (each acquire needs its own release). Use it as a ``with`` / ``async with``
+    block, decorate the acquire and release functions with :meth:`acquires` and
+    :meth:`releases`, or take the ``resource_tracker`` pytest fixture.
+
+    Example::
+
+        tracker = ResourceTracker()
+        conn = tracker.acquired(open_connection())
+        tracker.released(conn)
+        tracker.assert_all_released()
+    """
+
+    def __init__(self, *, depth: int = 6) -> None:
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be a number of stack frames >= 1, got {depth!r}")
+        self.depth = depth
+        self._lock = threading.Lock()
+        self._held: dict[weakref.ref[Any], _Held] = {}
+        self._collected: list[Leak] = []
+        self._problems: list[str] = []
+        self._acquisitions = 0
+        self._releases = 0
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def acquired(self, resource: _R) -> _R:
+        """Record that ``resource`` was just acquired (here, by the caller); returns it.
+
+        Example::
+
+            conn = tracker.acquired(await pool.acquire())
+        """
+        return self._acquire(resource, _raw_stack(sys._getframe(1)))
+
+    def released(self, resource: object) -> None:
+        """Record that ``resource`` was released; its most recent acquisition is closed.
+
+        Releasing a resource that is not held (never acquired, or released twice) is recorded
+        as a problem and reported by :meth:`assert_all_released`, not raised here, so the code
+        under test runs exactly as it would in production.
+
+        Example::
+
+            await pool.release(conn)
+            tracker.released(conn)
+        """
+        self._release(resource, _raw_stack(sys._getframe(1)))
+
+    def _acquire(self, resource: _R, raw: tuple[_Raw, ...]) -> _R:
+        try:
+            probe = weakref.ref(resource)
+        except TypeError:
+            raise TypeError(
+                f"ResourceTracker holds resources by weak reference and a "
+                f"{type(resource).__qualname__} cannot be weakly referenced; track the object "
+                "that owns it, or give the class a __weakref__ slot"
+            ) from None
+        with self._lock:
+            self._acquisitions += 1
+            held = self._held.get(probe)
+            if held is None:
+                ref = weakref.ref(resource, self._on_collected)
+                held = _Held(ref, _describe(resource), [])
+                self._held[ref] = held
+            held.stacks.append(raw)
+        return resource
+
+    def _release(self, resource: object, raw: tuple[_Raw, ...]) -> None:
+        try:
+            probe = weakref.ref(resource)
+        except TypeError:
+            probe = None
+        with self._lock:
+            held = self._held.get(probe) if probe is not None else None
+            if held is None:
+                where = _format_stack(_locations(raw, self.depth), "      ")
+                self._problems.append(
+                    f"{_describe(resource)} was released but is not held (never acquired, or "
+                    f"released twice), at\n{where}"
+                )
+                return
+            self._releases += 1
+            held.stacks.pop()
+            if not held.stacks:
+                del self._held[held.ref]
+
+    def _on_collected(self, ref: weakref.ref[Any]) -> None:
+        with self._lock:
+            held = self._held.pop(ref, None)
+            if held is None:
+                return
+            for raw in held.stacks:
+                self._collected.append(Leak(held.description, True, _locations(raw, self.depth)))
+
+    # -- decorators ---------------------------------------------------------------------------
+
+    def acquires(self, func: _F) -> _F:
+        """Decorate a function (sync or async) whose return value is a newly acquired resource.
+
+        Example::
+
+            class Pool:
+                @tracker.acquires
+                async def acquire(self) -> Connection: ...
+        """
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def acquire_async(*args: Any, **kwargs: Any) -> Any:
+                resource = await func(*args, **kwargs)
+                return self._acquire(resource, _raw_stack(sys._getframe(0)))
+
+            return cast(_F, acquire_async)
+
+        @functools.wraps(func)
+        def acquire(*args: Any, **kwargs: Any) -> Any:
+            return self._acquire(func(*args, **kwargs), _raw_stack(sys._getframe(0)))
+
+        return cast(_F, acquire)
+
+    @overload
+    def releases(self, func: _F, /) -> _F: ...
+    @overload
+    def releases(self, func: str, /) -> Callable[[_F], _F]: ...
+
+    def releases(self, func: _F | str, /) -> _F | Callable[[_F], _F]:
+        """Decorate a function (sync or async) that releases the resource passed to it.
+
+        Bare, it releases its first argument other than ``self``/``cls``; name the parameter
+        otherwise: ``@tracker.releases("conn")``, or ``@tracker.releases("self")`` on the
+        resource's own ``close`` method. The release counts once the function returns.
+
+        Example::
+
+            class Pool:
+                @tracker.releases
+                async def release(self, conn: Connection) -> None: ...
+        """
+        if isinstance(func, str):
+            name = func
+            return lambda f: self._releasing(f, name)
+        return self._releasing(func, None)
+
+    def _releasing(self, func: _F, name: str | None) -> _F:
+        if not callable(func):
+            raise TypeError(f"@releases decorates a function, got {func!r}")
+        signature = inspect.signature(func)
+        parameters = [p for p in signature.parameters if name is None and p not in ("self", "cls")]
+        target = name if name is not None else (parameters[0] if parameters else None)
+        if target is None or target not in signature.parameters:
+            raise TypeError(
+                f"@releases on {func.__qualname__}: "
+                + (
+                    f"it has no parameter named {name!r}"
+                    if name is not None
+                    else "it takes no argument to release; name one, e.g. @releases('self')"
+                )
+            )
+
+        def resource_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return signature.bind(*args, **kwargs).arguments[target]
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def release_async(*args: Any, **kwargs: Any) -> Any:
+                result = await func(*args, **kwargs)
+                self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0)))
+                return result
+
+            return cast(_F, release_async)
+
+        @functools.wraps(func)
+        def release(*args: Any, **kwargs: Any) -> Any:
+            result = func(*args, **kwargs)
+            self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0)))
+            return result
+
+        return cast(_F, release)
+
+    # -- looking ------------------------------------------------------------------------------
+
+    @property
+    def held(self) -> list[object]:
+        """The resources currently held (alive, acquired more often than released)."""
+        with self._lock:
+            refs = list(self._held)
+        return [obj for obj in (ref() for ref in refs) if obj is not None]
+
+    def __contains__(self, resource: object) -> bool:
+        try:
+            probe = weakref.ref(resource)
+        except TypeError:
+            return False
+        with self._lock:
+            return probe in self._held
+
+    def __len__(self) -> int:
+        """How many acquisitions are still open, including resources collected unreleased."""
+        with self._lock:
+            return sum(len(h.stacks) for h in self._held.values()) + len(self._collected)
+
+    def leaks(self) -> list[Leak]:
+        """Every acquisition not released: resources still held, then those collected."""
+        with self._lock:
+            held = list(self._held.values())
+            collected = list(self._collected)
+        still = [
+            Leak(h.description, False, _locations(raw, self.depth))
+            for h in held
+            for raw in h.stacks
+        ]
+        return still + collected
+
+    def assert_all_released(self) -> None:
+        """Raise :class:`ResourceLeakError` listing every leaked resource and where it came from.
+
+        Example::
+
+            tracker.assert_all_released()
+            # ResourceLeakError: 1 of 3 acquired resources never released:
+            #   Connection('db') (still held), acquired at
+            #       service.py:14 in handle: conn = await pool.acquire()
+        """
+        leaks = self.leaks()
+        with self._lock:
+            problems = list(self._problems)
+            total = self._acquisitions
+        if not leaks and not problems:
+            return
+        lines: list[str] = []
+        if leaks:
+            lines.append(f"{len(leaks)} of {total} acquired resources never released:")
+            lines.extend("  " + str(leak) for leak in leaks)
+        if problems:
+            lines.append(f"{len(problems)} release(s) of a resource not held:")
+            lines.extend("  " + problem for problem in problems)
+        raise ResourceLeakError("\n".join(lines), leaks, problems)
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (held resources, leaks and problems)."""
+        with self._lock:
+            self._held.clear()
+            self._collected.clear()
+            self._problems.clear()
+            self._acquisitions = 0
+            self._releases = 0
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def __enter__(self) -> ResourceTracker:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._check_on_exit(exc)
+
+    async def __aenter__(self) -> ResourceTracker:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._check_on_exit(exc)
+
+    def _check_on_exit(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.assert_all_released()
+            return
+        try:
+            self.assert_all_released()
+        except ResourceLeakError as leak:
+            exc.add_note(f"(and labkit.ResourceTracker found leaks) {leak}")
+
+    def __repr__(self) -> str:
+        return f"<ResourceTracker: {len(self)} open acquisition(s)>"

@@ -1,0 +1,427 @@
+"""The cancel-at-every-await sweep: it catches the seeded bugs and passes the fixed code."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import labkit
+
+VIRTUAL = pytest.mark.asyncio(loop_factories=["virtual"])
+THIS_FILE = Path(__file__).name
+
+
+def line_of(marker: str) -> int:
+    """The line number of the one source line of this file that ends with ``# <marker>``."""
+    lines = Path(__file__).read_text().splitlines()
+    hits = [n for n, text in enumerate(lines, 1) if text.rstrip().endswith(f"# {marker}")]
+    assert len(hits) == 1, marker
+    return hits[0]
+
+
+# -- a small connection pool: the seeded bug leaks a slot when cancelled while connecting ------
+
+
+class Pool:
+    """At most ``size`` connections; ``connect`` takes one unit of (virtual) time."""
+
+    def __init__(self, size: int = 2, *, leaky: bool = False) -> None:
+        self.size = size
+        self.leaky = leaky
+        self._slots = asyncio.Semaphore(size)
+        self.taken = 0
+
+    async def acquire(self) -> str:
+        await self._slots.acquire()
+        self.taken += 1
+        if self.leaky:
+            await asyncio.sleep(0.1)  # connect, leaky
+            return "connection"
+        try:
+            await asyncio.sleep(0.1)  # connect, fixed
+        except BaseException:
+            self.release()
+            raise
+        return "connection"
+
+    def release(self) -> None:
+        self.taken -= 1
+        self._slots.release()
+
+    def assert_all_free(self) -> None:
+        assert self.taken == 0, f"{self.taken} of {self.size} slot(s) still taken"
+
+
+async def use_pool(pool: Pool) -> str:
+    await pool.acquire()  # point: acquire
+    try:
+        await asyncio.sleep(1)  # point: query
+        await asyncio.sleep(0)  # point: yield
+    finally:
+        pool.release()
+    return "done"
+
+
+@VIRTUAL
+async def test_the_leaky_pool_fails_at_the_connect_point() -> None:
+    pool = Pool(leaky=True)
+    report = await labkit.cancel_at_every_await(
+        lambda: use_pool(pool), check=pool.assert_all_free, raise_on_failure=False
+    )
+    assert not report.ok
+    first = report.failures[0]
+    assert first.k == 1
+    assert first.where == f"{THIS_FILE}:{line_of('point: acquire')}"
+    assert "check failed: 1 of 2 slot(s) still taken" in first.outcome
+    assert any("connect, leaky" in frame or "Pool.acquire" in frame for frame in first.stack)
+
+
+@VIRTUAL
+async def test_the_fixed_pool_passes_at_every_point() -> None:
+    pool = Pool()
+    report = await labkit.cancel_at_every_await(lambda: use_pool(pool), check=pool.assert_all_free)
+    assert report.ok
+    assert report.suspension_points == 3
+    assert [p.where for p in report.points[1:]] == [
+        f"{THIS_FILE}:{line_of('point: acquire')}",
+        f"{THIS_FILE}:{line_of('point: query')}",
+        f"{THIS_FILE}:{line_of('point: yield')}",
+    ]
+    assert report.points[2].code == "await asyncio.sleep(1)  # point: query"
+
+
+@VIRTUAL
+async def test_the_timeout_flavour_catches_the_leak_and_passes_the_fix() -> None:
+    leaky = Pool(leaky=True)
+    report = await labkit.timeout_at_every_await(
+        lambda: use_pool(leaky), check=leaky.assert_all_free, raise_on_failure=False
+    )
+    assert report.mode == "timeout"
+    assert report.failures[0].k == 1
+    fixed = Pool()
+    report = await labkit.timeout_at_every_await(
+        lambda: use_pool(fixed), check=fixed.assert_all_free
+    )
+    assert report.ok
+    assert report.suspension_points == 3
+
+
+# -- a worker that swallows cancellation ---------------------------------------------------------
+
+
+async def swallowing_worker(queue: asyncio.Queue[int], done: list[int]) -> None:
+    while True:
+        try:
+            item = await queue.get()  # point: get
+        except asyncio.CancelledError:
+            return  # the bug: cancellation ends here, the caller never learns
+        done.append(item)
+        if not queue.qsize():
+            return
+
+
+async def fixed_worker(queue: asyncio.Queue[int], done: list[int]) -> None:
+    while True:
+        try:
+            item = await queue.get()
+        except asyncio.CancelledError:
+            done.append(-1)  # log it, then let it propagate
+            raise
+        done.append(item)
+        if not queue.qsize():
+            return
+
+
+def worker_factory(
+    worker: Callable[[asyncio.Queue[int], list[int]], Any],
+) -> Callable[[], Any]:
+    def make() -> Any:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for item in range(3):
+            queue.put_nowait(item)
+        return worker(queue, [])
+
+    return make
+
+
+@VIRTUAL
+async def test_a_swallowed_cancellation_is_reported() -> None:
+    report = await labkit.cancel_at_every_await(
+        worker_factory(swallowing_worker), raise_on_failure=False
+    )
+    assert report.suspension_points == 0  # items are ready: get() never suspends
+
+    def slow_start() -> Any:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        asyncio.get_running_loop().call_later(1, queue.put_nowait, 7)
+        return swallowing_worker(queue, [])
+
+    report = await labkit.cancel_at_every_await(slow_start, raise_on_failure=False)
+    assert [p.outcome for p in report.points] == [
+        "ok",
+        "swallowed: returned None after the cancellation",
+    ]
+    assert report.points[1].where == f"{THIS_FILE}:{line_of('point: get')}"
+
+
+@VIRTUAL
+async def test_the_fixed_worker_lets_cancellation_propagate() -> None:
+    async def slow_start() -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        asyncio.get_running_loop().call_later(1, queue.put_nowait, 7)
+        await fixed_worker(queue, [])
+
+    report = await labkit.cancel_at_every_await(slow_start)
+    assert report.ok
+    assert report.suspension_points == 1
+
+
+@VIRTUAL
+async def test_raising_something_else_instead_of_cancelled_is_reported() -> None:
+    async def converts() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            raise RuntimeError("shutting down") from None
+
+    report = await labkit.cancel_at_every_await(converts, raise_on_failure=False)
+    assert report.points[1].outcome == (
+        "replaced CancelledError with RuntimeError('shutting down')"
+    )
+
+
+# -- tasks left behind ----------------------------------------------------------------------------
+
+
+async def fire_and_forget() -> None:
+    asyncio.create_task(asyncio.sleep(10), name="audit-log")  # noqa: RUF006
+    await asyncio.sleep(1)
+
+
+async def structured() -> None:
+    async with asyncio.TaskGroup() as group:
+        group.create_task(asyncio.sleep(10), name="audit-log")
+        await asyncio.sleep(1)
+
+
+@VIRTUAL
+async def test_a_fire_and_forget_task_is_reported_left_pending() -> None:
+    report = await labkit.cancel_at_every_await(fire_and_forget, raise_on_failure=False)
+    assert report.points[0].outcome.startswith("left pending: 'audit-log'")
+    assert report.points[1].outcome.startswith("left pending: 'audit-log'")
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "audit-log"]
+
+
+@VIRTUAL
+async def test_a_task_group_leaves_nothing_behind() -> None:
+    report = await labkit.cancel_at_every_await(structured)
+    assert report.ok
+
+
+async def shielded_close(log: list[str], *, wait_for_close: bool) -> None:
+    async def close() -> None:
+        await asyncio.sleep(0.5)
+        log.append("closed")
+
+    try:
+        await asyncio.sleep(1)
+    finally:
+        closing = asyncio.ensure_future(close())
+        try:
+            await asyncio.shield(closing)  # point: shield
+        except asyncio.CancelledError:
+            if wait_for_close:
+                await closing
+            raise
+
+
+@VIRTUAL
+async def test_a_shield_alone_lets_cleanup_outlive_the_caller() -> None:
+    log: list[str] = []
+    report = await labkit.cancel_at_every_await(
+        lambda: shielded_close(log, wait_for_close=False), raise_on_failure=False
+    )
+    failing = report.failures
+    assert [p.k for p in failing] == [2]
+    assert failing[0].where == f"{THIS_FILE}:{line_of('point: shield')}"
+    assert "left pending: shielded_close.<locals>.close()" in failing[0].outcome
+    log.clear()
+    report = await labkit.cancel_at_every_await(lambda: shielded_close(log, wait_for_close=True))
+    assert report.ok
+    assert log == ["closed"] * 3
+
+
+# -- the report, errors and edge cases -------------------------------------------------------------
+
+
+@VIRTUAL
+async def test_raising_on_failure_shows_the_table() -> None:
+    pool = Pool(leaky=True)
+    with pytest.raises(labkit.CancelSweepError) as caught:
+        await labkit.cancel_at_every_await(lambda: use_pool(pool), check=pool.assert_all_free)
+    message = str(caught.value)
+    assert message.splitlines()[0] == (
+        "cancel sweep of use_pool(): 3 suspension point(s), 3 failing"
+    )
+    assert "first failure: point 1" in message
+    assert isinstance(caught.value, AssertionError)
+    assert caught.value.report.failures[0].k == 1
+
+
+@VIRTUAL
+async def test_the_table_is_deterministic() -> None:
+    tables = []
+    for _ in range(2):
+        pool = Pool(leaky=True)
+        report = await labkit.cancel_at_every_await(
+            lambda pool=pool: use_pool(pool), check=pool.assert_all_free, raise_on_failure=False
+        )
+        tables.append(str(report))
+    assert tables[0] == tables[1]
+    assert not re.search(r"0x[0-9a-f]+|Task-\d+|/", tables[0])
+
+
+@VIRTUAL
+async def test_every_suspension_counts_including_bare_yields() -> None:
+    async def two_hundred() -> int:
+        for _ in range(100):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
+        return 200
+
+    report = await labkit.cancel_at_every_await(two_hundred)
+    assert report.suspension_points == 200
+    assert all(p.ok for p in report.points)
+
+
+@VIRTUAL
+async def test_a_target_that_never_suspends_has_only_the_baseline() -> None:
+    async def instant() -> int:
+        return 1
+
+    report = await labkit.cancel_at_every_await(instant)
+    assert [p.k for p in report.points] == [0]
+
+
+@VIRTUAL
+async def test_a_baseline_failure_and_a_failing_check_are_reported() -> None:
+    async def broken() -> None:
+        await asyncio.sleep(1)
+        raise ValueError("boom")
+
+    report = await labkit.cancel_at_every_await(broken, raise_on_failure=False)
+    assert report.points[0].outcome == "failed without any cancellation: ValueError('boom')"
+
+    async def fine() -> None:
+        await asyncio.sleep(1)
+
+    def check() -> None:
+        raise KeyError("state")
+
+    report = await labkit.cancel_at_every_await(fine, check=check, raise_on_failure=False)
+    assert report.points[0].outcome == "check raised KeyError('state')"
+
+
+@VIRTUAL
+async def test_an_async_check_is_awaited() -> None:
+    seen: list[str] = []
+
+    async def check() -> None:
+        await asyncio.sleep(0)
+        seen.append("checked")
+
+    async def fine() -> None:
+        await asyncio.sleep(1)
+
+    await labkit.cancel_at_every_await(fine, check=check)
+    assert seen == ["checked", "checked"]
+
+
+@VIRTUAL
+async def test_a_target_stuck_after_cancellation_is_reported_hung_in_no_real_time() -> None:
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            await asyncio.Event().wait()  # point: stuck
+            raise
+
+    report = await labkit.cancel_at_every_await(stuck, limit=30, raise_on_failure=False)
+    assert report.points[1].outcome == (
+        f"hung: still waiting at {THIS_FILE}:{line_of('point: stuck')} after 30 s"
+    )
+
+
+@VIRTUAL
+async def test_a_target_whose_points_vary_is_reported_not_reached() -> None:
+    runs = iter([3, 1, 1, 1])
+
+    async def varying() -> None:
+        for _ in range(next(runs)):
+            await asyncio.sleep(1)
+
+    report = await labkit.cancel_at_every_await(varying, raise_on_failure=False)
+    assert [p.ok for p in report.points] == [True, True, False, False]
+    assert report.points[2].outcome.startswith("not reached: finished after 1 suspension(s)")
+
+
+@VIRTUAL
+async def test_bad_factories_are_refused_with_the_fix() -> None:
+    coroutine = use_pool(Pool())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match=r"not `job\(pool\)`"):
+            await labkit.cancel_at_every_await(coroutine)  # type: ignore[arg-type]
+    future = asyncio.get_running_loop().create_future()
+    with pytest.raises(TypeError, match="already scheduled"):
+        await labkit.cancel_at_every_await(lambda: future)
+    with pytest.raises(TypeError, match="not an awaitable"):
+        await labkit.cancel_at_every_await(lambda: 42)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="limit must be a positive"):
+        await labkit.cancel_at_every_await(lambda: use_pool(Pool()), limit=0)
+
+
+def test_a_manual_clock_is_refused() -> None:
+    loop = labkit.VirtualTimeLoop(autojump=False)
+    try:
+        with pytest.raises(RuntimeError, match="autojump=False"):
+            loop.run_until_complete(labkit.cancel_at_every_await(lambda: use_pool(Pool())))
+    finally:
+        loop.close()
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop", "virtual"])
+async def test_the_sweep_runs_on_real_loops_too() -> None:
+    async def quick() -> None:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+
+    report = await labkit.cancel_at_every_await(quick)
+    assert report.suspension_points == 2
+
+
+def test_the_sync_form_runs_on_its_own_virtual_loop() -> None:
+    pool = Pool(leaky=True)
+    report = labkit.run_cancel_sweep(
+        lambda: use_pool(pool), check=pool.assert_all_free, raise_on_failure=False
+    )
+    assert report.failures[0].k == 1
+    fixed = Pool()
+    report = labkit.run_cancel_sweep(lambda: use_pool(fixed), check=fixed.assert_all_free)
+    assert report.ok
+
+
+@pytest.mark.asyncio
+async def test_the_sync_form_works_where_a_loop_already_runs() -> None:
+    pool = Pool()
+    report = labkit.run_cancel_sweep(
+        lambda: use_pool(pool), check=pool.assert_all_free, timeout=True
+    )
+    assert report.ok
+    assert report.mode == "timeout"

@@ -1,0 +1,398 @@
+"""Interleaving exploration: each strategy finds a seeded race, and a seed replays its schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+import labkit
+from labkit import PCT, Exhaustive, ExplorationFailure, RandomOrder, StepLimitError
+from labkit.strategy import _PathChooser
+
+pytest_plugins = ["pytester"]
+
+
+def snapshot_race(*, fixed: bool) -> Callable[[], Awaitable[None]]:
+    """Three tasks resume at once; a deposit is lost only if they run snapshot, deposit, restore."""
+
+    async def body() -> None:
+        account = {"balance": 100, "version": 0}
+        saved: dict[str, int] = {}
+        start = asyncio.Event()
+
+        async def deposit() -> None:
+            await start.wait()
+            account["balance"] += 50
+            account["version"] += 1
+
+        async def snapshot() -> None:
+            await start.wait()
+            saved.update(account)
+
+        async def restore() -> None:
+            await start.wait()
+            if saved and (not fixed or saved["version"] == account["version"]):
+                account.update(saved)
+
+        tasks = [
+            asyncio.create_task(deposit(), name="deposit"),
+            asyncio.create_task(snapshot(), name="snapshot"),
+            asyncio.create_task(restore(), name="restore"),
+        ]
+        await asyncio.sleep(0)
+        start.set()
+        await asyncio.gather(*tasks)
+        assert account["balance"] == 150, f"the deposit was lost: balance {account['balance']}"
+
+    return body
+
+
+STRATEGIES = [RandomOrder(), PCT(depth=2), Exhaustive()]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_each_strategy_finds_the_lost_update(strategy: labkit.Strategy) -> None:
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(snapshot_race(fixed=False), runs=200, strategy=strategy)
+    failure = caught.value
+    message = str(failure)
+    assert "the deposit was lost: balance 100" in message
+    assert f"seed {failure.seed}" in message
+    assert f"labkit.replay(body, seed={failure.seed}, strategy=labkit." in message
+    assert isinstance(failure.__cause__, AssertionError)
+    resumed = [s for s in failure.run.schedule if s in {"deposit", "snapshot", "restore"}]
+    assert resumed[-3:] == ["snapshot", "deposit", "restore"]
+    assert "0x" not in message
+    assert "Task-" not in message
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_the_fixed_code_survives_every_strategy(strategy: labkit.Strategy) -> None:
+    report = labkit.explore(snapshot_race(fixed=True), runs=200, strategy=strategy)
+    assert report.schedules >= 6
+    assert "no failure" in str(report)
+
+
+def test_exhaustive_tries_every_order_and_says_so() -> None:
+    report = labkit.explore(snapshot_race(fixed=True), runs=1000, strategy="exhaustive")
+    assert report.complete
+    assert report.runs == report.schedules
+    assert "every schedule was tried" in str(report)
+    cut = labkit.explore(snapshot_race(fixed=True), runs=3, strategy="exhaustive")
+    assert not cut.complete
+    assert "NOT exhausted" in str(cut)
+
+
+def test_pct_report_states_its_probability_bound() -> None:
+    report = labkit.explore(snapshot_race(fixed=True), runs=50, strategy=PCT(depth=2))
+    n, k = report.max_tasks, report.max_steps
+    assert f"1/({n}*{k}^1)" in str(report)
+    assert PCT(depth=3).bound(tasks=4, steps=10) == 1 / 400
+
+
+def test_replay_reproduces_the_schedule_every_time() -> None:
+    body = snapshot_race(fixed=False)
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body, runs=100, strategy="random", seed=1000)
+    seed = caught.value.seed
+    assert seed is not None
+    assert seed >= 1000
+    expected = caught.value.run.trace.text()
+    for _ in range(3):
+        run = labkit.replay(body, seed, strategy="random", check=False)
+        assert run.failed
+        assert run.trace.text() == expected
+    with pytest.raises(ExplorationFailure, match=f"seed {seed}"):
+        labkit.replay(body, seed, strategy="random")
+    assert not labkit.replay(snapshot_race(fixed=True), seed, strategy="random").failed
+
+
+@pytest.mark.parametrize("strategy", ["pct", "exhaustive"])
+def test_replay_decodes_pct_and_exhaustive_seeds(strategy: str) -> None:
+    body = snapshot_race(fixed=False)
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body, runs=200, strategy=strategy)
+    failure = caught.value
+    assert failure.seed is not None
+    run = labkit.replay(body, failure.seed, strategy=strategy, check=False)
+    assert run.schedule == failure.run.schedule
+
+
+SUBJECT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import labkit
+
+    async def body():
+        account = {"balance": 100}
+        saved = {}
+        start = asyncio.Event()
+
+        async def deposit():
+            await start.wait()
+            account["balance"] += 50
+
+        async def snapshot():
+            await start.wait()
+            saved.update(account)
+
+        async def restore():
+            await start.wait()
+            if saved:
+                account.update(saved)
+
+        tasks = [asyncio.create_task(deposit()), asyncio.create_task(snapshot()),
+                 asyncio.create_task(restore())]
+        await asyncio.sleep(0)
+        start.set()
+        await asyncio.gather(*tasks)
+        assert account["balance"] == 150, "lost"
+
+    if sys.argv[1] == "explore":
+        try:
+            labkit.explore(body, runs=500, strategy=sys.argv[2], seed=7)
+        except labkit.ExplorationFailure as failure:
+            print(failure.seed)
+            print(failure.run.trace.text())
+    else:
+        run = labkit.replay(body, int(sys.argv[3]), strategy=sys.argv[2], check=False)
+        print(run.seed)
+        print(run.trace.text())
+    """
+)
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct", "exhaustive"])
+def test_a_seed_replays_the_identical_schedule_in_another_process(
+    tmp_path: Path, strategy: str
+) -> None:
+    script = tmp_path / "subject.py"
+    script.write_text(SUBJECT)
+
+    def python(*args: str, hashseed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        done = subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            check=True,
+        )
+        return done.stdout
+
+    found = python("explore", strategy, hashseed="1")
+    seed = found.splitlines()[0]
+    assert seed.isdigit(), found
+    replayed = python("replay", strategy, seed, hashseed="2")
+    assert replayed == found
+    assert "deposit" in found
+    assert "Task-" not in found
+
+
+def test_timer_jitter_lets_nearly_simultaneous_timers_swap() -> None:
+    async def body() -> None:
+        order: list[str] = []
+
+        async def at(delay: float, name: str) -> None:
+            await asyncio.sleep(delay)
+            order.append(name)
+
+        await asyncio.gather(at(1.0, "early"), at(1.0005, "late"))
+        assert order == ["early", "late"], f"timers fired as {order}"
+
+    labkit.explore(body, runs=50, strategy="random")  # without jitter: always in order
+    with pytest.raises(ExplorationFailure, match=r"timers fired as \['late', 'early'\]"):
+        labkit.explore(body, runs=50, strategy="random", jitter=0.001)
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body, strategy="exhaustive", jitter=0.001)
+    seed = caught.value.seed
+    assert seed is not None
+    run = labkit.replay(body, seed, strategy="exhaustive", jitter=0.001, check=False)
+    assert run.failed
+    assert run.schedule == caught.value.run.schedule
+
+
+def test_a_task_that_never_blocks_hits_the_step_limit() -> None:
+    async def body() -> None:
+        async def spin() -> None:
+            while True:
+                await asyncio.sleep(0)
+
+        await asyncio.gather(spin(), spin())
+
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body, runs=2, strategy="random", max_steps=200)
+    assert isinstance(caught.value.error, StepLimitError)
+    assert "never blocks" in str(caught.value)
+
+
+def test_a_failure_in_asyncio_own_order_is_reported_without_a_seed() -> None:
+    async def body() -> None:
+        raise ValueError("always broken")
+
+    with pytest.raises(ExplorationFailure, match="asyncio's own order") as caught:
+        labkit.explore(body, strategy="pct")
+    assert caught.value.seed is None
+
+
+def test_seed_none_starts_from_a_random_seed_that_replays() -> None:
+    body = snapshot_race(fixed=False)
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body, runs=500, strategy="random", seed=None)
+    seed = caught.value.seed
+    assert seed is not None
+    assert labkit.replay(body, seed, strategy="random", check=False).failed
+
+
+def test_explore_works_from_inside_a_running_loop() -> None:
+    """As in a Jupyter cell: the runs move to a worker thread."""
+
+    async def cell() -> labkit.Exploration:
+        return labkit.explore(snapshot_race(fixed=True), runs=10, strategy="random")
+
+    report = asyncio.run(cell())
+    assert report.runs == 10
+
+
+def test_record_runs_asyncio_own_order() -> None:
+    run = labkit.record(snapshot_race(fixed=False))
+    assert not run.failed
+    assert run.seed is None
+    resumed = [s for s in run.schedule if s in {"deposit", "snapshot", "restore"}]
+    assert resumed[-3:] == ["deposit", "snapshot", "restore"]
+
+
+def test_bad_input_names_the_fix() -> None:
+    body = snapshot_race(fixed=True)
+    coro = body()
+    with pytest.raises(TypeError, match=r"not a coroutine \(explore\(test_body\(\)\)\)"):
+        labkit.explore(coro, runs=1)  # type: ignore[arg-type]
+    coro.close()
+    with pytest.raises(ValueError, match="positive number of runs"):
+        labkit.explore(body, runs=0)
+    with pytest.raises(ValueError, match="unknown exploration strategy 'dfs'"):
+        labkit.explore(body, strategy="dfs")
+    with pytest.raises(ValueError, match="jitter"):
+        labkit.explore(body, jitter=-1)
+    with pytest.raises(ValueError, match="depth"):
+        PCT(depth=0)
+    with pytest.raises(TypeError, match="integer seed"):
+        labkit.replay(body, "7")  # type: ignore[arg-type]
+
+    def not_async() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="make it an `async def`"):
+        labkit.explore(not_async, runs=1)  # type: ignore[arg-type]
+
+
+def test_path_seeds_are_a_bijection_with_schedules() -> None:
+    """Mixed-radix seeds: every path of a 3-then-2-then-1 choice tree has its own seed."""
+
+    def walk(chooser: _PathChooser) -> tuple[int, ...]:
+        return tuple(chooser.choose(["x"] * n) for n in (3, 2, 1))
+
+    strategy = Exhaustive()
+    paths, seeds = [], []
+    for chooser in strategy.choosers(0, 100):
+        assert isinstance(chooser, _PathChooser)
+        paths.append(walk(chooser))
+        strategy.done(chooser)
+        seeds.append(chooser.seed)
+    assert len(set(paths)) == 6
+    assert strategy.complete
+    assert sorted(s for s in seeds if s is not None) == list(range(6))
+    for path, seed in zip(paths, seeds, strict=True):
+        assert seed is not None
+        assert walk(_PathChooser(seed=seed)) == path
+
+
+# -- the pytest marker -------------------------------------------------------------------------
+
+MARKED = textwrap.dedent(
+    """
+    import asyncio
+    import pytest
+
+    FIXED = {fixed}
+
+    @pytest.mark.labkit_explore(runs=200, strategy="{strategy}")
+    async def test_snapshot():
+        account = {{"balance": 100, "version": 0}}
+        saved = {{}}
+        start = asyncio.Event()
+
+        async def deposit():
+            await start.wait()
+            account["balance"] += 50
+            account["version"] += 1
+
+        async def snapshot():
+            await start.wait()
+            saved.update(account)
+
+        async def restore():
+            await start.wait()
+            if saved and (not FIXED or saved["version"] == account["version"]):
+                account.update(saved)
+
+        tasks = [asyncio.create_task(deposit(), name="deposit"),
+                 asyncio.create_task(snapshot(), name="snapshot"),
+                 asyncio.create_task(restore(), name="restore")]
+        await asyncio.sleep(0)
+        start.set()
+        await asyncio.gather(*tasks)
+        assert account["balance"] == 150
+
+    @pytest.mark.asyncio
+    @pytest.mark.labkit_explore(runs=5)
+    async def test_both_markers():
+        pass
+    """
+)
+
+
+def schedule_of(output: str) -> str:
+    """The failing schedule from pytest's report, without its "E   " prefixes."""
+    lines = [line.lstrip("E").strip() for line in output.splitlines() if line.startswith("E ")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("the failing schedule"))
+    return "\n".join(lines[start:])
+
+
+def run_pytest(pytester: pytest.Pytester, *args: str) -> tuple[int, str]:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-q", *args)
+    return int(result.ret), result.stdout.str()
+
+
+def test_the_marker_explores_and_the_seed_option_replays(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_marked=MARKED.format(fixed=False, strategy="pct"))
+    code, first = run_pytest(pytester, "-k", "snapshot")
+    assert code == 1, first
+    assert "ExplorationFailure" in first
+    hint = next(line for line in first.splitlines() if "--labkit-seed=" in line)
+    seed = hint.split("--labkit-seed=")[1].split()[0]
+    assert seed.isdigit()
+    code, again = run_pytest(pytester, "-k", "snapshot", f"--labkit-seed={seed}")
+    assert code == 1
+    assert schedule_of(again) == schedule_of(first)
+    assert "step  time  task" in schedule_of(first)
+
+    pytester.makepyfile(test_marked=MARKED.format(fixed=True, strategy="pct"))
+    code, fixed = run_pytest(pytester, "-k", "snapshot")
+    assert code == 0, fixed
+
+
+def test_the_marker_refuses_the_asyncio_marker_too(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_marked=MARKED.format(fixed=True, strategy="random"))
+    code, output = run_pytest(pytester, "-k", "both_markers")
+    assert code == 1
+    assert "remove @pytest.mark.asyncio" in output

@@ -1,0 +1,578 @@
+"""The grader validates submissions, plans cells, scores results, and never crashes on bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labkit import cli
+from labkit.gradebook import ExerciseGrade, Grade, Gradebook
+from labkit.grader import Progress, find_submissions, score
+from labkit.sandbox import Cell, CellRun, Limits, SandboxResult
+from labkit.submission import (
+    Lesson,
+    SubmissionError,
+    learner_name,
+    load_lessons,
+    load_submission,
+)
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "grading"
+
+
+def _fixture_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lesson98", FIXTURE / "lesson98.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lesson98 = _fixture_module()
+INSTRUCTOR = FIXTURE / "instructor"
+
+
+@pytest.fixture(scope="module")
+def lessons() -> dict[int, Lesson]:
+    return load_lessons(INSTRUCTOR)
+
+
+def write(path: Path, notebook: Any) -> Path:
+    return lesson98.write(path, notebook)  # type: ignore[no-any-return]
+
+
+# -- lessons and plans --------------------------------------------------------------------
+
+
+def test_lesson_is_read_from_the_instructor_notebook_and_manifest(
+    lessons: dict[int, Lesson],
+) -> None:
+    lesson = lessons[98]
+    assert lesson.slug == "98-grading-fixture"
+    assert lesson.exercises == {"98.1": 3.0, "98.2": 3.0}
+    assert [c.role for c in lesson.cells if c.role != "locked"] == [
+        "solution",
+        "check",
+        "hidden",
+        "solution",
+        "check",
+    ]
+
+
+def test_missing_manifest_says_to_run_labkit_build(tmp_path: Path) -> None:
+    with pytest.raises(SubmissionError, match="labkit build"):
+        load_lessons(tmp_path)
+
+
+def test_an_instructor_notebook_edited_after_the_build_is_refused(tmp_path: Path) -> None:
+    instructor = lesson98.write_instructor(tmp_path / "instructor")
+    notebook = lesson98.instructor()
+    lesson98.cell(notebook, "ex1-check")["source"] += "\nprint('edited')"
+    write(instructor / "98-grading-fixture.ipynb", notebook)
+    with pytest.raises(
+        SubmissionError, match=r"'ex1-check' does not match instructor/manifest\.json"
+    ):
+        load_lessons(instructor)
+
+
+def test_plan_runs_locked_cells_as_written_and_hidden_cells_last(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    path = write(tmp_path / "ann.ipynb", lesson98.learner(**lesson98.SUBMISSIONS["solved"]))
+    submission = load_submission(path, lessons)
+    assert submission.learner == "ann"
+    assert [(c.id, c.kind) for c in submission.cells] == [
+        ("setup", "locked"),
+        ("ex1-solution", "learner"),
+        ("ex1-check", "check"),
+        ("ex2-solution", "learner"),
+        ("ex2-check", "check"),
+    ]
+    assert [(c.id, c.kind) for c in submission.hidden] == [("ex1-hidden", "hidden")]
+    assert submission.tampered == []
+
+
+def test_changed_check_cell_is_flagged_and_the_original_runs(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    notebook = lesson98.learner()
+    lesson98.cell(notebook, "ex1-check")["source"] = 'check("98.1", lambda: None, points=2)'
+    lesson98.cell(notebook, "setup")["source"] += "   \n\n"  # trailing whitespace is no tampering
+    submission = load_submission(write(tmp_path / "eve.ipynb", notebook), lessons)
+    assert submission.tampered == ["check cell 'ex1-check' was changed (graded with the original)"]
+    check = next(c for c in submission.cells if c.id == "ex1-check")
+    assert check.source == lesson98.CHECK_98_1
+
+
+def test_deleted_locked_cell_is_flagged_and_restored(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    notebook = lesson98.learner()
+    notebook["cells"] = [c for c in notebook["cells"] if c["id"] != "ex2-check"]
+    submission = load_submission(write(tmp_path / "eve.ipynb", notebook), lessons)
+    assert "'ex2-check' was deleted" in submission.tampered[0]
+    assert "ex2-check" in [c.id for c in submission.cells]
+
+
+def test_cells_the_learner_added_run_where_they_put_them(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    notebook = lesson98.learner()
+    scratch = {
+        "cell_type": "code",
+        "id": "scratch",
+        "metadata": {},
+        "source": "helper = 1",
+        "outputs": [],
+        "execution_count": None,
+    }
+    notebook["cells"].insert(3, scratch)  # after the markdown of exercise 98.1
+    submission = load_submission(write(tmp_path / "sam.ipynb", notebook), lessons)
+    ids = [c.id for c in submission.cells]
+    assert ids.index("setup") < ids.index("scratch") < ids.index("ex1-solution")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("collected/alice/98-grading-fixture.ipynb", "alice"),
+        ("collected/bob.ipynb", "bob"),
+        ("home/carol/notebooks/98-grading-fixture.ipynb", "carol"),
+    ],
+)
+def test_learner_name_comes_from_the_file_or_its_folder(
+    path: str, expected: str, lessons: dict[int, Lesson]
+) -> None:
+    assert learner_name(Path("/srv") / path, lessons) == expected
+
+
+def _mangle(kind: str) -> tuple[bytes | Any, dict[str, Any]]:
+    notebook = lesson98.learner()
+    options: dict[str, Any] = {}
+    if kind == "not JSON":
+        return b'{"cells": [', options
+    if kind == "binary":
+        return b"\xff\xfe\x00PK\x03\x04", options
+    if kind == "not a notebook":
+        return ["a", "list"], options
+    if kind == "old format":
+        notebook["nbformat"] = 3
+    elif kind == "unknown lesson":
+        notebook["metadata"]["labkit"]["lesson"] = 42
+    elif kind == "different lesson":
+        notebook["metadata"]["labkit"]["lesson"] = 7
+        options["lesson"] = 98
+    elif kind == "missing exercise cells":
+        notebook["cells"] = [c for c in notebook["cells"] if c["id"] != "ex2-solution"]
+    elif kind == "duplicated cells":
+        notebook["cells"].append(copy.deepcopy(lesson98.cell(notebook, "ex1-solution")))
+    elif kind == "no ids":
+        for cell in notebook["cells"]:
+            del cell["id"]
+    elif kind == "too large":
+        options["max_bytes"] = 100
+    elif kind == "deeply nested":
+        return b"[" * 100_000 + b"]" * 100_000, options
+    return notebook, options
+
+
+BAD_INPUT = {
+    "not JSON": "not JSON (line 1, column 12",
+    "binary": "not JSON (the bytes are not UTF-8",
+    "not a notebook": "not a Jupyter notebook",
+    "old format": "format 4",
+    "unknown lesson": "unknown lesson 42",
+    "different lesson": "a notebook from a different lesson (lesson 7, not lesson 98)",
+    "missing exercise cells": "missing exercise cells: exercise 98.2's solution cell",
+    "duplicated cells": "duplicated cells (cell id 'ex1-solution' appears 2 times)",
+    "no ids": "has no id",
+    "too large": "too large",
+    "deeply nested": "nested too deeply",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_naming_the_file_and_the_problem(
+    kind: str, tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    content, options = _mangle(kind)
+    path = tmp_path / f"{kind.replace(' ', '-')}.ipynb"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        write(path, content)
+    with pytest.raises(SubmissionError) as caught:
+        load_submission(path, lessons, **options)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert BAD_INPUT[kind] in message
+    assert "\n" not in message
+
+
+def test_another_lessons_notebook_is_recognised_by_its_cells(tmp_path: Path) -> None:
+    instructor = lesson98.write_instructor(tmp_path / "instructor")
+    other = copy.deepcopy(lesson98.instructor())
+    other["metadata"]["labkit"]["lesson"] = 97
+    for cell in other["cells"]:
+        cell["id"] = "x-" + cell["id"]
+    write(instructor / "97-other.ipynb", other)
+    mine = lesson98.learner()
+    del mine["metadata"]["labkit"]["lesson"]
+    for cell in mine["cells"]:
+        cell["id"] = "x-" + cell["id"]
+    path = write(tmp_path / "98-grading-fixture.ipynb", mine)
+    with pytest.raises(
+        SubmissionError, match=r"different lesson \(97-other, not 98-grading-fixture\)"
+    ):
+        load_submission(path, load_lessons(instructor))
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+def _line(
+    exercise: str, points: float, max_points: float, *items: tuple[str, bool, str]
+) -> dict[str, Any]:
+    status = "solved" if points == max_points else "failed"
+    return {
+        "exercise": exercise,
+        "hidden": False,
+        "status": status,
+        "points": points,
+        "max_points": max_points,
+        "items": [{"name": n, "ok": ok, "detail": d} for n, ok, d in items],
+    }
+
+
+def _submission(tmp_path: Path, lessons: dict[int, Lesson]) -> Any:
+    path = write(tmp_path / "ann.ipynb", lesson98.learner(**lesson98.SUBMISSIONS["solved"]))
+    return load_submission(path, lessons)
+
+
+def _ran(
+    submission: Any, results: dict[str, list[dict[str, Any]]], skip: tuple[str, ...] = ()
+) -> list[CellRun]:
+    return [
+        CellRun(c.id, True, results=results.get(c.id, []))
+        for c in [*submission.cells, *submission.hidden]
+        if c.id not in skip
+    ]
+
+
+def test_points_add_up_per_exercise_and_bugs_caught_are_listed(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    results = {
+        "ex1-check": [_line("98.1", 2, 2, ("doubles", True, ""))],
+        "ex1-hidden": [_line("98.1", 0, 1, ("negatives", False, "AssertionError: no"))],
+        "ex2-check": [
+            _line(
+                "98.2",
+                2,
+                3,
+                ("passes on the correct implementation", True, ""),
+                ("catches the bug: adds two", True, ""),
+                ("catches the bug: squares", False, "your test passes"),
+            )
+        ],
+    }
+    grade = score(submission, SandboxResult("completed", cells=_ran(submission, results)))
+    first, second = grade.exercises
+    assert (first.points, first.status, first.failed) == (
+        2,
+        "partly solved",
+        ["negatives\nAssertionError: no"],
+    )
+    assert (second.points, second.caught, second.missed) == (2, ["adds two"], ["squares"])
+    assert grade.points == 4
+    assert grade.max_points == 6
+
+
+def test_forged_points_are_capped_and_lines_outside_check_cells_ignored(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    results = {
+        "ex1-check": [_line("98.1", 100, 100)],
+        "ex1-solution": [_line("98.2", 3, 3)],
+    }
+    grade = score(submission, SandboxResult("completed", cells=_ran(submission, results)))
+    assert [e.points for e in grade.exercises] == [3, 0]
+
+
+def test_a_run_that_stopped_early_leaves_later_exercises_not_graded(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    cells = _ran(submission, {}, skip=("ex2-solution", "ex2-check", "ex1-hidden"))
+    result = SandboxResult("timeout", "the notebook ran longer than 5 s", cells, "ex2-solution")
+    grade = score(submission, result)
+    assert [e.status for e in grade.exercises] == ["not graded", "not graded"]
+    assert (
+        grade.reason == "In your solution cell for exercise 98.2: the notebook ran longer than 5 s."
+    )
+
+
+def test_a_check_cell_that_raised_explains_itself(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    cells = _ran(submission, {})
+    cells[2] = CellRun("ex1-check", False, "NameError: name 'double_later' is not defined")
+    grade = score(submission, SandboxResult("completed", cells=cells))
+    assert grade.exercises[0].reason == (
+        "A check cell stopped with an error: NameError: name 'double_later' is not defined"
+    )
+    assert grade.exercises[0].points == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["exercise", "points", "max_points", "status", "items", "hidden"]),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.floats(),
+                st.text(max_size=5),
+                st.just("98.1"),
+                st.lists(st.dictionaries(st.text(max_size=4), st.text(max_size=4))),
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_score_survives_any_results_lines(lines: list[dict[str, Any]]) -> None:
+    lessons = load_lessons(INSTRUCTOR)
+    cells = [Cell("c", "", "check", "98.1")]
+    submission = mock.Mock(
+        cells=cells, hidden=[], lesson=lessons[98], learner="x", path="x", sha256="0", tampered=[]
+    )
+    grade = score(submission, SandboxResult("completed", cells=[CellRun("c", True, results=lines)]))
+    assert all(0 <= e.points <= e.max_points for e in grade.exercises)
+
+
+# -- progress and the command line --------------------------------------------------------
+
+
+def test_progress_prints_one_line_per_submission_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(2, stream)
+    progress.done("graded", "ann (98-grading-fixture): 6/6")
+    progress.done("rejected", "junk.ipynb")
+    assert stream.getvalue().splitlines() == [
+        "[1/2] graded ann (98-grading-fixture): 6/6",
+        "[2/2] rejected junk.ipynb",
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_bar_on_a_terminal() -> None:
+    stream = _Terminal()
+    progress = Progress(2, stream)
+    progress.done("graded", "ann")
+    progress.note("labkit grade: junk.ipynb: not JSON")
+    progress.done("rejected", "junk.ipynb")
+    assert stream.getvalue() == (
+        "\r\x1b[K[###############...............] 1/2 (1 graded) ann"
+        "\r\x1b[Klabkit grade: junk.ipynb: not JSON\n"
+        "\r\x1b[K[##############################] 2/2 (1 graded, 1 rejected) junk.ipynb\n"
+    )
+
+
+def test_find_submissions_searches_folders_and_skips_checkpoints(tmp_path: Path) -> None:
+    for name in ("a/one.ipynb", "a/.ipynb_checkpoints/one-checkpoint.ipynb", "b.ipynb"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    found = find_submissions([tmp_path / "a", tmp_path / "b.ipynb", tmp_path / "a" / "one.ipynb"])
+    assert found == [tmp_path / "a" / "one.ipynb", tmp_path / "b.ipynb"]
+
+
+def _grade(tmp_path: Path, *paths: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    argv = [
+        "grade",
+        *map(str, paths),
+        "--instructor",
+        str(INSTRUCTOR),
+        "--jobs",
+        "1",
+        "--gradebook",
+        str(tmp_path / "book.sqlite"),
+        "--feedback",
+        str(tmp_path / "fb"),
+        *extra,
+    ]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_reports_each_bad_file_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "junk.ipynb").write_text("hello")
+    write(bad / "list.ipynb", [1, 2])
+    code, out, err = _grade(tmp_path, bad)
+    assert code == 1
+    assert "Traceback" not in err
+    complaints = [line for line in err.splitlines() if line.startswith("labkit grade: ")]
+    assert len(complaints) == 2
+    assert "junk.ipynb: not JSON" in complaints[0]
+    assert "list.ipynb: not a Jupyter notebook" in complaints[1]
+    assert "0 graded, 0 unchanged, 2 rejected" in out
+
+
+def test_cli_without_lessons_says_how_to_build_them(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["grade", str(tmp_path), "--instructor", str(tmp_path / "nowhere")])
+    assert code == 2
+    assert "run `labkit build`" in err.getvalue()
+
+
+# -- property: mangled notebooks never crash the grader nor lose earlier grades -----------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _nodes(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _nodes(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _nodes(item, (*path, index))
+    return found
+
+
+@st.composite
+def mangled(draw: st.DrawFn) -> bytes:
+    notebook = lesson98.learner(**lesson98.SUBMISSIONS["half"])
+    for _ in range(draw(st.integers(1, 4))):
+        paths = _nodes(notebook)
+        where = draw(st.sampled_from(paths))
+        action = draw(st.sampled_from(["replace", "delete", "duplicate"]))
+        if not where:
+            notebook = draw(JSON) if action == "replace" else notebook
+            continue
+        parent = notebook
+        for step in where[:-1]:
+            parent = parent[step]
+        key = where[-1]
+        if action == "replace":
+            parent[key] = draw(JSON)
+        elif action == "delete":
+            del parent[key]
+        elif isinstance(parent, list):
+            parent.insert(key, copy.deepcopy(parent[key]))
+    data = json.dumps(notebook).encode()
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(data)))
+        data = data[:cut] + draw(st.binary(max_size=4))
+    return data
+
+
+def _fake_run(cells: Any, hidden: Any, limits: Limits, *, hide: Any = ()) -> SandboxResult:
+    runs = [
+        CellRun(
+            c.id,
+            True,
+            results=[_line(c.exercise, 1, 1)] if c.exercise and c.kind != "learner" else [],
+        )
+        for c in [*cells, *hidden]
+    ]
+    return SandboxResult("completed", cells=runs)
+
+
+def _grade_mangled(tmp_path: Path, data: bytes) -> int:
+    """Grade one mangled file into a gradebook holding an earlier grade; check nothing was lost."""
+    book_path = tmp_path / "book.sqlite"
+    earlier = Grade(
+        "earlier",
+        98,
+        "98-grading-fixture",
+        "v0",
+        "e.ipynb",
+        "e" * 64,
+        "completed",
+        exercises=[ExerciseGrade("98.1", 3, 3, "solved")],
+    )
+    with Gradebook(book_path) as book:
+        if not book.has("earlier", 98, "e" * 64, "v0"):
+            book.record(earlier)
+    path = tmp_path / "mallory.ipynb"
+    path.write_bytes(data)
+    with mock.patch("labkit.grader.run_cells", _fake_run):
+        code, _, err = _grade(tmp_path, path, extra=("--regrade",))
+    assert code in (0, 1), err
+    assert "Traceback" not in err
+    if code == 1:
+        assert err.startswith(f"labkit grade: {path}: ")
+    with Gradebook(book_path) as book:
+        kept = [g for g in book.latest() if g.learner == "earlier"]
+    assert [(g.points, g.sha256) for g in kept] == [(3, "e" * 64)]
+    return code
+
+
+GRADED: list[int] = []
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=mangled())
+def test_mangled_notebooks_never_crash_the_grader_nor_lose_earlier_grades(
+    tmp_path: Path, data: bytes
+) -> None:
+    GRADED.append(_grade_mangled(tmp_path, data))
+
+
+def test_the_mangled_notebooks_included_gradable_ones() -> None:
+    if GRADED:  # not when run alone with -k
+        assert 0 in GRADED
+        assert 1 in GRADED
+
+
+def test_the_property_fails_for_a_grader_that_loses_grades(tmp_path: Path) -> None:
+    """The seeded bug: a gradebook that replaced a lesson's grades on each write."""
+    real = Gradebook.record
+
+    def forgetful(self: Gradebook, grade: Grade) -> None:
+        self.db.execute("DELETE FROM submissions WHERE learner_id IN (SELECT id FROM learners)")
+        real(self, grade)
+
+    data = json.dumps(lesson98.learner()).encode()
+    assert _grade_mangled(tmp_path, data) == 0
+    with mock.patch.object(Gradebook, "record", forgetful), pytest.raises(AssertionError):
+        _grade_mangled(tmp_path, data)
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytestmark = pytest.mark.skip(reason="the grader's sandbox is Linux-only")

@@ -1,0 +1,312 @@
+"""run_until_idle, Scheduler and step_through: exact idleness and explicit task order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import labkit
+from labkit import DeadlockError, Scheduler, run_until_idle, step_through
+
+virtual = pytest.mark.asyncio(loop_factories=["virtual"])
+
+
+async def relay(inbox: asyncio.Queue[int], outbox: asyncio.Queue[int]) -> None:
+    """Passes one item on, after a few hops through the loop."""
+    item = await inbox.get()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await outbox.put(item + 1)
+
+
+def chain(length: int) -> tuple[list[asyncio.Queue[int]], list[asyncio.Task[None]]]:
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(length + 1)]
+    tasks = [
+        asyncio.create_task(relay(queues[i], queues[i + 1]), name=f"relay{i}")
+        for i in range(length)
+    ]
+    return queues, tasks
+
+
+async def deposit(account: dict[str, int], amount: int) -> None:
+    """The racy read-modify-write: reads, yields, writes back."""
+    balance = account["balance"]
+    await asyncio.sleep(0)
+    account["balance"] = balance + amount
+
+
+# -- run_until_idle ----------------------------------------------------------------------------
+
+
+@virtual
+async def test_run_until_idle_waits_for_a_whole_chain_of_wakeups() -> None:
+    queues, tasks = chain(5)
+    queues[0].put_nowait(1)
+    await run_until_idle()
+    assert queues[-1].get_nowait() == 6
+    assert all(t.done() for t in tasks)
+
+
+@virtual
+async def test_one_sleep0_is_not_enough_for_the_same_chain() -> None:
+    """The stale form: a single yield lets only the first hop happen."""
+    queues, _tasks = chain(5)
+    queues[0].put_nowait(1)
+    await asyncio.sleep(0)
+    assert queues[-1].empty()
+    await run_until_idle()
+    assert queues[-1].get_nowait() == 6
+
+
+@virtual
+async def test_run_until_idle_does_not_move_the_clock() -> None:
+    loop = asyncio.get_running_loop()
+    sleeper = asyncio.create_task(asyncio.sleep(10))
+    await run_until_idle()
+    assert loop.time() == 0.0
+    assert not sleeper.done()
+    await labkit.advance(10)
+    assert sleeper.done()
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_run_until_idle_on_asyncio_own_loop() -> None:
+    queues, _tasks = chain(4)
+    queues[0].put_nowait(1)
+    await run_until_idle()
+    assert queues[-1].get_nowait() == 5
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_run_until_idle_on_uvloop_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="virtual loop"):
+        await run_until_idle()
+
+
+# -- Scheduler ---------------------------------------------------------------------------------
+
+
+@virtual
+async def test_scheduler_order_decides_the_lost_update() -> None:
+    account = {"balance": 100}
+    async with Scheduler() as s:
+        tasks = [
+            asyncio.create_task(deposit(account, 50), name="a"),
+            asyncio.create_task(deposit(account, 70), name="b"),
+        ]
+        assert [state.task for state in s.ready()] == ["a", "b"]
+        await s.step("a")
+        await s.step("b")
+        await s.run_until_idle()
+    assert all(t.done() for t in tasks)
+    assert account["balance"] == 170  # an update was lost: the race, made visible on demand
+    assert [step.task for step in s.trace] == ["a", "b", "a", "b"]
+
+
+@virtual
+async def test_scheduler_serial_order_keeps_both_updates() -> None:
+    account = {"balance": 100}
+    async with Scheduler() as s:
+        tasks = [
+            asyncio.create_task(deposit(account, 50), name="a"),
+            asyncio.create_task(deposit(account, 70), name="b"),
+        ]
+        await s.step("a")
+        await s.step("a")
+        await s.step("b")
+        await s.step("b")
+    assert all(t.done() for t in tasks)
+    assert account["balance"] == 220
+
+
+@virtual
+async def test_scheduler_step_reports_where_the_task_stopped() -> None:
+    account = {"balance": 0}
+    async with Scheduler() as s:
+        task = asyncio.create_task(deposit(account, 5), name="a")
+        step = await s.step()
+        assert step.task == "a"
+        assert step.awaiting == "sleep(0)"
+        assert step.where is not None
+        assert step.where.function == "deposit"
+        assert step.outcome == "suspended"
+        ready = s.ready()
+        assert [str(r) for r in ready] == [
+            f"a: ready (itself) at {step.where}",
+        ]
+        final = await s.step("a")
+        assert final.outcome == "returned"
+        assert final.where is None
+        assert task.done()
+
+
+@virtual
+async def test_scheduler_lists_waiting_tasks_with_deadlines() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def napper() -> None:
+        await asyncio.sleep(5)
+
+    async with Scheduler() as s:
+        getter = asyncio.create_task(queue.get(), name="getter")
+        napper_task = asyncio.create_task(napper(), name="napper")
+        await s.run_until_idle()
+        assert s.ready() == []
+        states = {state.task: state for state in s.waiting()}
+        assert states["getter"].awaiting == "Queue.get"
+        assert states["napper"].awaiting == "sleep(5)"
+        assert states["napper"].until == 5.0
+        assert "until t=5" in str(states["napper"])
+        await s.advance(5)
+        assert s.now == 5.0
+        assert napper_task.done()
+        assert [state.task for state in s.waiting()] == ["getter"]
+        queue.put_nowait(1)
+        await s.run_until_idle()
+        assert s.waiting() == []
+        assert getter.result() == 1
+
+
+@virtual
+async def test_scheduler_step_errors_name_the_fix() -> None:
+    async with Scheduler() as s:
+        with pytest.raises(RuntimeError, match="no task is ready"):
+            await s.step()
+        sleeper = asyncio.create_task(asyncio.sleep(1), name="sleeper")
+        with pytest.raises(RuntimeError, match="'other' is not ready to run; ready: sleeper"):
+            await s.step("other")
+        await s.step("sleeper")
+        with pytest.raises(RuntimeError, match=r"sleeper: waiting on sleep\(1\) until t=1"):
+            await s.step()
+        await s.advance(1)
+        assert sleeper.done()
+
+
+@virtual
+async def test_held_tasks_run_when_the_test_waits_on_something_else() -> None:
+    """Holding never deadlocks: awaiting anything but the scheduler lets held tasks run."""
+    done = asyncio.Event()
+
+    async def setter() -> None:
+        done.set()
+
+    async with Scheduler():
+        task = asyncio.create_task(setter(), name="setter")
+        await asyncio.wait_for(done.wait(), timeout=1)
+    await task
+
+
+@virtual
+async def test_only_one_scheduler_per_loop() -> None:
+    async with Scheduler():
+        with pytest.raises(RuntimeError, match="already under a labkit scheduler"):
+            async with Scheduler():
+                pass
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_scheduler_needs_the_virtual_loop() -> None:
+    with pytest.raises(TypeError, match="loop_factories=\\['virtual'\\]"):
+        async with Scheduler():
+            pass
+
+
+@virtual
+async def test_plain_callbacks_keep_fifo_order_under_control() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    async with Scheduler() as s:
+        for i in range(20):
+            loop.call_soon(seen.append, i)
+        await s.run_until_idle()
+    assert seen == list(range(20))
+
+
+# -- step_through ------------------------------------------------------------------------------
+
+
+@virtual
+async def test_step_through_runs_each_ready_task_one_step_per_round() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    sizes: list[int] = []
+
+    async def producer() -> None:
+        for i in range(3):
+            await queue.put(i)
+
+    async def consumer() -> None:
+        for _ in range(3):
+            await queue.get()
+            await asyncio.sleep(1)
+
+    stepper = step_through(producer(), consumer())
+    rounds = []
+    async for rnd in stepper:
+        rounds.append(str(rnd))
+        sizes.append(queue.qsize())
+        assert queue.qsize() <= 1
+    assert rounds == [
+        "round 1 at t=0: producer -> Queue.put, consumer -> sleep(1)",
+        "round 2 at t=0: producer -> Queue.put",
+        "round 3 at t=1: consumer -> sleep(1)",
+        "round 4 at t=1: producer -> returned",
+        "round 5 at t=2: consumer -> sleep(1)",
+        "round 6 at t=3: consumer -> returned",
+    ]
+    assert [t.get_name() for t in stepper.tasks] == ["producer", "consumer"]
+    assert all(t.done() for t in stepper.tasks)
+
+
+@virtual
+async def test_await_step_through_returns_the_tasks() -> None:
+    async def worker(n: int) -> int:
+        await asyncio.sleep(n)
+        return n * 10
+
+    tasks = await step_through(worker(1), worker(2), names=["w1", "w2"])
+    assert [t.result() for t in tasks] == [10, 20]
+    assert [t.get_name() for t in tasks] == ["w1", "w2"]
+
+
+@virtual
+async def test_step_through_stops_after_steps_rounds() -> None:
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(0)
+
+    stepper = step_through(forever(), steps=3)
+    tasks = await stepper
+    assert stepper.rounds == 3
+    assert not tasks[0].done()
+    tasks[0].cancel()
+
+
+def test_step_through_reports_a_deadlock() -> None:
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        await step_through(stuck())
+
+    with pytest.raises(DeadlockError, match="stuck"):
+        labkit.run(main())
+
+
+@virtual
+async def test_step_through_rejects_bad_input() -> None:
+    async def worker() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="call the async function"):
+        step_through(worker)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="at least one coroutine"):
+        step_through()
+    coro = worker()
+    with pytest.raises(ValueError, match="positive number of rounds"):
+        step_through(coro, steps=0)
+    other = worker()
+    with pytest.raises(ValueError, match="1 names for 2 coroutines"):
+        step_through(coro, other, names=["one"])
+    other.close()
+    await step_through(coro, names=["w"])
