@@ -12,7 +12,8 @@ ENV_HASH := $(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum
 STAMP := $(VENV)/.stamp-$(ENV_HASH)
 LAB_PORT ?= 8888
 
-.PHONY: help env lab test lint typecheck unit notebooks stress bench conformance build clean
+.PHONY: help env lab test lint typecheck unit notebooks stress bench conformance build clean \
+	browser-deps
 
 help:
 	@echo "make lab          create the environment and open JupyterLab on the lessons"
@@ -48,8 +49,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser-deps
 	$(BIN)/python -m pytest -m "not stress" $(PYTEST_ARGS)
+
+# The browser test drives Debian's Chromium; install it where the machine allows (root + apt).
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			>/dev/null; \
+	else \
+		echo "note: no chromium here and no root apt-get; the browser test will be skipped" \
+			"(install it with: sudo apt-get install chromium)"; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

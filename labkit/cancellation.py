@@ -121,7 +121,10 @@ class CancelSweep:
         )
         lines = [head]
         first = next((point for point in self.points if not point.ok), None)
-        if first is not None and first.k > 0 and failing > 1:
+        repeated = first is not None and any(
+            point.k > first.k and point.outcome == first.outcome for point in self.failures
+        )
+        if first is not None and first.k > 0 and repeated and "check" in first.outcome:
             lines.append(
                 f"first failure: point {first.k} ({first.where}); later rows may inherit the "
                 "state it left behind"
@@ -374,15 +377,16 @@ async def _start(factory: Factory, mode: _Mode, k: int) -> _Run:
 
 def _task_label(task: asyncio.Task[Any]) -> str:
     name = task.get_name()
-    if _AUTO_TASK_NAME.fullmatch(name):
-        coro = task.get_coro()
-        name = f"{getattr(coro, '__qualname__', type(coro).__name__)}()"
-    else:
-        name = repr(name)
-    frames = list(suspension_frames(task.get_coro()))
+    coro = task.get_coro()
+    qualname = getattr(coro, "__qualname__", type(coro).__name__)
+    name = f"{qualname}()" if _AUTO_TASK_NAME.fullmatch(name) else repr(name)
+    frames = list(suspension_frames(coro))
     own = [frame for frame in frames if not _in_asyncio(frame)]
     if own:
-        return f"{name} at {_frame_label(own[-1])}"
+        frame = own[-1]
+        if frame.f_code.co_qualname == qualname:
+            return f"{name} at {_label_file(frame.f_code.co_filename)}:{frame.f_lineno}"
+        return f"{name} at {_frame_label(frame)}"
     if frames:
         return f"{name} waiting inside asyncio.{frames[-1].f_code.co_qualname}"
     return f"{name} (not started)"

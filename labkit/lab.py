@@ -62,8 +62,8 @@ def _check_port(port: int) -> None:
             sock.bind(("127.0.0.1", port))
         except OSError:
             raise LabError(
-                f"port {port} on 127.0.0.1 is already in use (another JupyterLab?): stop it, or "
-                f"pick another port: `make lab LAB_PORT={port + 1}` / `labkit lab --port {port + 1}`"
+                f"port {port} on 127.0.0.1 is already in use (another JupyterLab?): stop it, "
+                f"or pick another: `make lab LAB_PORT={port + 1}` / `labkit lab --port {port + 1}`"
             ) from None
 
 

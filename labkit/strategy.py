@@ -242,7 +242,7 @@ class Exhaustive(Strategy):
 
     Example::
 
-        report = labkit.explore(body, strategy=labkit.Exhaustive(limit=5000), runs=None)
+        report = labkit.explore(body, strategy=labkit.Exhaustive(limit=5000), runs=5000)
         assert report.complete      # every schedule was tried
     """
 

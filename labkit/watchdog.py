@@ -352,7 +352,11 @@ def _guard(request: Any) -> Any:
     try:
         hygiene, threshold, asked = _guard_settings(request)
     except ValueError as error:
-        pytest.fail(str(error), pytrace=False)
+        problem = str(error)
+    else:
+        problem = ""
+    if problem:
+        pytest.fail(problem, pytrace=False)
     if not hygiene and threshold is None:
         yield None
         return

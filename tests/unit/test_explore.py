@@ -396,3 +396,17 @@ def test_the_marker_refuses_the_asyncio_marker_too(pytester: pytest.Pytester) ->
     code, output = run_pytest(pytester, "-k", "both_markers")
     assert code == 1
     assert "remove @pytest.mark.asyncio" in output
+
+
+def test_explore_needs_the_virtual_loop() -> None:
+    with pytest.raises(TypeError, match="runs on labkit's VirtualTimeLoop"):
+        labkit.explore(snapshot_race(fixed=True), runs=1, loop_factory=asyncio.new_event_loop)
+
+
+def test_one_controller_per_loop_even_inside_an_exploration() -> None:
+    async def body() -> None:
+        async with labkit.Scheduler():
+            pass
+
+    with pytest.raises(ExplorationFailure, match="already under a labkit scheduler"):
+        labkit.explore(body, runs=1, strategy="random")

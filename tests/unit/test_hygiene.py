@@ -120,6 +120,21 @@ async def test_unretrieved_exception_is_reported() -> None:
     assert "in start_refresh_dropped: task = asyncio.create_task" in str(problem)
 
 
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_unretrieved_exception_in_a_reference_cycle_is_reported() -> None:
+    async def fails_holding_itself() -> None:
+        me = asyncio.current_task()  # task -> exception -> traceback -> frame -> task
+        raise RuntimeError(f"{me is not None}")
+
+    async def start() -> None:
+        asyncio.create_task(fails_holding_itself(), name="cyclic")
+        await asyncio.sleep(0.01)
+
+    with pytest.raises(HygieneError, match="task 'cyclic' raised RuntimeError: True"):
+        async with TaskTracker():
+            await start()
+
+
 @ALL_LOOPS
 async def test_retrieved_exception_passes() -> None:
     async with TaskTracker():

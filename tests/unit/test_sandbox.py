@@ -113,10 +113,26 @@ def test_environment_is_scrubbed_and_results_path_is_hidden(
 
 
 def test_hidden_cells_are_not_readable_while_learner_code_runs() -> None:
-    # The learner cell drains every inherited descriptor it can find and lists its directory.
+    # The learner cell drains every descriptor it can find, lists its directory and searches
+    # the local variables of every frame on its stack (where the grader keeps what it was sent).
     snoop = (
-        "import os\n"
+        "import os, sys\n"
+        "def strings(value, depth=0):\n"
+        "    if isinstance(value, str):\n"
+        "        yield value\n"
+        "    elif depth < 3 and isinstance(value, (list, tuple)):\n"
+        "        for item in value:\n"
+        "            yield from strings(item, depth + 1)\n"
+        "    elif depth < 3 and isinstance(value, dict):\n"
+        "        for item in list(value.values()):\n"
+        "            yield from strings(item, depth + 1)\n"
+        "    elif depth < 3 and hasattr(value, '__dataclass_fields__'):\n"
+        "        yield from strings(vars(value), depth + 1)\n"
         "seen = []\n"
+        "frame = sys._getframe().f_back\n"
+        "while frame is not None:\n"
+        "    seen += strings(dict(frame.f_locals))\n"
+        "    frame = frame.f_back\n"
         "for fd in range(0, 64):\n"
         "    try:\n"
         "        os.set_blocking(fd, False)\n"
@@ -130,6 +146,12 @@ def test_hidden_cells_are_not_readable_while_learner_code_runs() -> None:
     result = run_cells([Cell("snoop", snoop, "learner")], [hidden], FAST)
     runs = by_id(result)
     assert runs["snoop"].output.strip() == "False"  # type: ignore[attr-defined]
+    assert runs["h"].ok  # type: ignore[attr-defined]
+    # The seeded bug: the same cell sent with the learner's cells would be found.
+    leaked = run_cells(
+        [Cell("snoop", snoop, "learner"), Cell("h", hidden.source, "locked")], [], FAST
+    )
+    assert leaked.cells[0].output.strip() == "True"
 
 
 def test_patching_the_grading_functions_is_undone_and_reported() -> None:

@@ -153,3 +153,21 @@ def test_the_failing_schedule_of_an_exploration_renders_the_same_way() -> None:
     trace = caught.value.run.trace
     assert trace.text() in str(caught.value)
     assert plot_timeline(trace).axes
+
+
+def test_code_from_a_notebook_cell_is_shown_as_cell() -> None:
+    source = "import asyncio\n\nasync def main():\n    await asyncio.sleep(1)\n"
+    namespace: dict[str, object] = {}
+    exec(compile(source, "/tmp/ipykernel_4242/1234567.py", "exec"), namespace)
+    run = labkit.record(namespace["main"])  # type: ignore[arg-type]
+    where = run.trace.steps[0].where
+    assert where is not None
+    assert (where.file, where.line, where.function) == ("cell", 4, "main")
+
+
+def test_a_step_reads_as_a_sentence() -> None:
+    trace = labkit.record(pipeline).trace
+    assert str(trace.steps[0]).startswith("step 1 at t=0: pipeline waits on gather at ")
+    assert str(trace.steps[-1]) == "step 7 at t=3: pipeline returned"
+    assert trace.steps[2].chosen_from == ()
+    assert trace.steps[1].chosen_from == ("consumer",)
