@@ -195,10 +195,13 @@ class MockAsyncIterator(collections.abc.AsyncGenerator[_T, Any], Generic[_T]):
                 raise StopAsyncIteration
             index = self.consumed
             wait = self._delay_for(index)
-            if wait > 0:
+            try:
                 await asyncio.sleep(wait)
-            else:
-                await asyncio.sleep(0)
+            except BaseException:
+                # Thrown into the generator where it waits (a cancellation, a timeout): like
+                # an async generator without a handler, the stream is finished.
+                self._finished = True
+                raise
             if self._finished:  # closed while we waited
                 raise StopAsyncIteration
             if self._fail_at is not None and index == self._fail_at:

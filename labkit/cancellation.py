@@ -167,13 +167,15 @@ async def cancel_at_every_await(
 ) -> CancelSweep:
     """Cancel a fresh instance of the target at each of its suspension points in turn.
 
-    ``factory()`` must return a new coroutine each call (``lambda: job(pool)``). Every run
-    must end with ``CancelledError`` propagating out of the target, no task the target started
-    still pending once the loop is idle, and ``check()`` (sync or async, raising
-    ``AssertionError``) holding. Each run may take ``limit`` seconds of loop time before it
-    counts as hung; on the virtual loop that costs no real time. Raises
+    ``factory()`` must return a new coroutine each call (``lambda: job(pool)``); build fresh
+    state in it when you can, so each row starts clean. Every run must end with
+    ``CancelledError`` propagating out of the target, no task the target started still pending
+    once the loop is idle, and ``check()`` (sync or async) holding: it fails by raising
+    ``AssertionError`` or by returning ``False``. Each run may take ``limit`` seconds of loop
+    time before it counts as hung; on the virtual loop that costs no real time. Raises
     :class:`CancelSweepError` with the table when a row fails, unless ``raise_on_failure`` is
-    false; returns the :class:`CancelSweep` report either way.
+    false; returns the :class:`CancelSweep` report either way. A target that fails on its own,
+    in the baseline run without any cancellation, cannot be swept: its exception propagates.
 
     Example::
 
@@ -332,6 +334,8 @@ class _Run:
     task: asyncio.Task[Any]
     timeout: asyncio.Timeout | None = None
     problems: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _new_target(factory: Factory) -> Any:
@@ -406,14 +410,14 @@ async def _finish(run: _Run, mode: _Mode, k: int, limit: float) -> None:
         if k > 0:
             return
     if k == 0:
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            run.problems.append(f"failed without any cancellation: {error!r}")
+        if not task.cancelled():
+            run.error = task.exception()
         return
     expected = asyncio.CancelledError if mode == "cancel" else TimeoutError
     delivered = run.trampoline.delivered_at
     if delivered is not None and delivered != k:
-        run.problems.append(f"cancellation landed at point {delivered}")
+        # The deadline's callback ran after the awaited future was already resolved.
+        run.notes.append(f"the deadline landed at point {delivered}")
     if task.cancelled():
         if mode == "timeout":
             run.problems.append("CancelledError escaped instead of TimeoutError")
@@ -431,7 +435,11 @@ async def _check_after(check: Check | None) -> str | None:
     try:
         result = check()
         if inspect.isawaitable(result):
-            await result
+            result = await result
+        if result is False:
+            name = getattr(check, "__qualname__", "check")
+            label = "check()" if name == "<lambda>" else f"{name}()"
+            return f"check failed: {label} returned False"
     except AssertionError as error:
         message = str(error).strip().splitlines()
         return f"check failed: {message[0] if message else 'AssertionError'}"
@@ -449,7 +457,7 @@ async def _run_once(
     await _finish(run, mode, k, limit)
     try:
         await _settle(any_loop=True)
-    except AssertionError as error:
+    except (AssertionError, RuntimeError) as error:  # a leftover task that never blocks
         run.problems.append(str(error))
     leftovers = sorted(
         (t for t in asyncio.all_tasks(loop) - before if t is not run.task and not t.done()),
@@ -461,6 +469,8 @@ async def _run_once(
         for leftover in leftovers:
             leftover.cancel()
         await asyncio.wait(leftovers, timeout=limit)
+    if run.error is not None:
+        raise run.error
     problem = await _check_after(check)
     if problem is not None:
         run.problems.append(problem)
@@ -475,7 +485,7 @@ async def _run_once(
         )
     else:
         where, code = run.trampoline.where, run.trampoline.code
-    outcome = "; ".join(run.problems) or "ok"
+    outcome = "; ".join(run.problems) or "; ".join(["ok", *run.notes])
     point = SweepPoint(k, where, code, outcome, not run.problems, run.trampoline.stack)
     return point, run.trampoline.count, run.trampoline.name
 

@@ -39,7 +39,7 @@ Status = Literal["not solved yet", "failed", "solved"]
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 RESULTS_ENV = "LABKIT_RESULTS"
-DEFAULT_TIME_LIMIT = 10.0
+DEFAULT_TIME_LIMIT = 30.0
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _MAX_DETAIL = 600
 
@@ -125,6 +125,7 @@ def check_test(
     points: float | None = None,
     loop_factory: LoopFactory = new_virtual_loop,
     time_limit: float = DEFAULT_TIME_LIMIT,
+    record: bool = True,
 ) -> CheckResult:
     """Grade a learner's test: it must pass on ``correct`` and fail on each buggy mutant.
 
@@ -134,7 +135,7 @@ def check_test(
     implementation. ``correct`` may also map names to several equally correct versions (say, a
     slower one): a test that guesses timings instead of waiting for events fails on some. Points
     are shared equally among the items, and none are given unless the test passes on every
-    correct version.
+    correct version. ``record=False`` marks a demonstration: nothing goes to the grader.
 
     Example::
 
@@ -164,7 +165,7 @@ def check_test(
         outcome = _run(learner_test, (implementation,), loop_factory, time_limit)
         if _is_placeholder(outcome.error):
             count = len(variants) + len(mutants)
-            return _finish(exercise, hidden, "not solved yet", points, [], count)
+            return _finish(exercise, hidden, "not solved yet", points, [], count, record=record)
         name = "passes on the correct implementation"
         if label:
             name = f"passes on a correct implementation: {label}"
@@ -205,7 +206,9 @@ def check_test(
         else:
             items.append(Item(name, True))
     status: Status = "solved" if all(item.ok for item in items) else "failed"
-    return _finish(exercise, hidden, status, points, items, len(items), gated=len(variants))
+    return _finish(
+        exercise, hidden, status, points, items, len(items), gated=len(variants), record=record
+    )
 
 
 def check(
@@ -215,6 +218,7 @@ def check(
     points: float | None = None,
     loop_factory: LoopFactory = new_virtual_loop,
     time_limit: float = DEFAULT_TIME_LIMIT,
+    record: bool = True,
 ) -> CheckResult:
     """Grade an "implement" or "fix" exercise: each check raises AssertionError with a hint.
 
@@ -242,14 +246,16 @@ def check(
             )
         outcome = _run(func, (), loop_factory, time_limit)
         if _is_placeholder(outcome.error):
-            return _finish(exercise, hidden, "not solved yet", points, [], len(checks))
+            return _finish(
+                exercise, hidden, "not solved yet", points, [], len(checks), record=record
+            )
         name = _check_name(func, number)
         if outcome.passed:
             items.append(Item(name, True))
         else:
             items.append(Item(name, False, _failure_hint(outcome, func, time_limit)))
     status: Status = "solved" if all(item.ok for item in items) else "failed"
-    return _finish(exercise, hidden, status, points, items, len(items))
+    return _finish(exercise, hidden, status, points, items, len(items), record=record)
 
 
 # -- running learner code --------------------------------------------------------------------
@@ -272,6 +278,9 @@ def _run(
             if inspect.isawaitable(result):
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
                     loop = runner.get_loop()
+                    # Tearing down a failed run cancels the code's leftover tasks, and asyncio
+                    # may log about them; that noise is not the learner's business here.
+                    loop.set_exception_handler(_ignore_loop_error)
                     if inspect.iscoroutine(result):
                         main: asyncio.Future[Any] = loop.create_task(result, name="learner-test")
                     else:
@@ -297,6 +306,10 @@ def _run(
                 pass
             worker.join(1.0)
     return outcome
+
+
+def _ignore_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception handler that drops what the loop reports about abandoned tasks."""
 
 
 def _is_placeholder(error: BaseException | None) -> bool:
@@ -377,6 +390,7 @@ def _finish(
     count: int,
     *,
     gated: int = 0,
+    record: bool = True,
 ) -> CheckResult:
     max_points = float(count if points is None else points)
     if status == "not solved yet" or not items or not all(item.ok for item in items[:gated]):
@@ -385,7 +399,8 @@ def _finish(
         earned = round(max_points * sum(item.ok for item in items) / len(items), 2)
     result = CheckResult(exercise, hidden, status, earned, max_points, items)
     print(result.summary())
-    _record(result)
+    if record:
+        _record(result)
     return result
 
 

@@ -48,8 +48,8 @@ def render_markdown(grade: Grade) -> str:
         lines += [f"> **The run stopped early ({grade.outcome}):** {grade.reason}", ""]
     if grade.tampering:
         lines += [
-            "> **Tampered:** the notebook changed cells it must leave as they are. "
-            "They were graded as the lesson wrote them:",
+            "> **Tampered:** the notebook changed what it must leave as it is; "
+            "it was graded with the lesson's originals:",
             ">",
         ]
         lines += [f"> - {what}" for what in grade.tampering]
@@ -113,8 +113,8 @@ def render_html(grade: Grade) -> str:
     if grade.tampering:
         items = "".join(f"<li>{esc(t)}</li>" for t in grade.tampering)
         parts.append(
-            '<div class="warn"><strong>Tampered:</strong> the notebook changed cells it must '
-            f"leave as they are. They were graded as the lesson wrote them:<ul>{items}</ul></div>"
+            '<div class="warn"><strong>Tampered:</strong> the notebook changed what it must '
+            f"leave as it is; it was graded with the lesson's originals:<ul>{items}</ul></div>"
         )
     parts.append("<table><tr><th>exercise</th><th>points</th><th>status</th></tr>")
     for e in grade.exercises:

@@ -60,7 +60,7 @@ def score(submission: Submission, result: SandboxResult) -> Grade:
         own = [c for c in grading if c.exercise == ident]
         lines = [
             line
-            for c in grading
+            for c in own
             if c.id in ran
             for line in ran[c.id].results
             if str(line.get("exercise")) == ident
@@ -101,9 +101,7 @@ def _exercise(
     missing = [c for c in own if c.id not in ran]
     if missing:
         grade.status = "not graded"
-        grade.reason = (
-            f"Not graded: the run stopped before this exercise's checks ran. {result.reason}"
-        )
+        grade.reason = "Not graded: the run stopped before this exercise's checks ran (see above)."
         return grade
     for line in lines:
         for item in line.get("items", []) if isinstance(line.get("items"), list) else []:
@@ -302,6 +300,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the instructor notebooks and manifest.json (default: ./instructor)",
     )
     parser.add_argument(
+        "--learner",
+        metavar="NAME",
+        help="the learner's name for a single notebook (default: from its file or folder name)",
+    )
+    parser.add_argument(
         "--regrade",
         action="store_true",
         help="grade again even when the gradebook has this exact submission",
@@ -400,6 +403,8 @@ def _grade_all(
     paths = find_submissions(args.submissions)
     if not paths:
         return _fail("no notebooks found in " + " ".join(map(str, args.submissions)))
+    if args.learner is not None and len(paths) != 1:
+        return _fail(f"--learner names one learner, but {len(paths)} notebooks were given")
     progress = Progress(len(paths), sys.stderr)
     rejected = 0
     todo: list[Submission] = []
@@ -407,7 +412,9 @@ def _grade_all(
     max_bytes = int(args.max_size * 1e6)
     for path in paths:
         try:
-            submission = load_submission(path, lessons, lesson=args.lesson, max_bytes=max_bytes)
+            submission = load_submission(
+                path, lessons, lesson=args.lesson, max_bytes=max_bytes, learner=args.learner
+            )
         except SubmissionError as exc:
             rejected += 1
             book.reject(str(path), "", str(exc))

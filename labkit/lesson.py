@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import hashlib
 import json
@@ -29,7 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,7 +517,7 @@ def execute(
     timeout: float = 300,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Run a notebook on the kit's kernel in the learner folder; return it and the check results.
+    """Run a notebook on the kit's kernel in its own folder; return it and the check results.
 
     Example::
 
@@ -525,10 +526,12 @@ def execute(
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
+    version = nb.metadata.get("labkit", {}).get("version", "learner")
     nb = copy.deepcopy(nb)
     total = sum(cell.cell_type == "code" for cell in nb.cells)
     current: dict[str, Any] = {"index": -1, "done": 0}
-    workdir = lesson.root / "notebooks"
+    # The folder the notebook is stored in, as in JupyterLab and nbval.
+    workdir = (lesson.instructor if version == "instructor" else lesson.learner).parent
     workdir.mkdir(parents=True, exist_ok=True)
 
     def on_cell_execute(cell: Any, cell_index: int, **_: Any) -> None:
@@ -627,6 +630,24 @@ def _load_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def _manifest_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the manifest while reading, updating and writing it."""
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"labkit-manifest-{key}.lock"
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: builds there run one at a time
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     manifest["version"] = MANIFEST_VERSION
     manifest["lessons"] = dict(sorted(manifest["lessons"].items()))
@@ -688,7 +709,6 @@ def build(
     if not lessons:
         return
     root = lessons[0].root
-    manifest = _load_manifest(root)
     for lesson in lessons:
         nb = _read(lesson)
         learner = learner_notebook(lesson, nb)
@@ -698,8 +718,10 @@ def build(
         )
         points = _points(lesson, nb, results)
         _write(lesson.instructor, _dumps(executed))
-        manifest["lessons"][lesson.code] = _manifest_entry(lesson, nb, points)
-        _write_manifest(root, manifest)
+        with _manifest_lock(root):  # other builds may update other lessons' entries meanwhile
+            manifest = _load_manifest(root)
+            manifest["lessons"][lesson.code] = _manifest_entry(lesson, nb, points)
+            _write_manifest(root, manifest)
         if progress is not None:
             summary = ", ".join(f"{k}: {v:g} points" for k, v in points.items()) or "no exercises"
             progress(f"lesson {lesson.code}: built {lesson.name} ({summary})")

@@ -4,18 +4,22 @@ The clock rule, in one place:
 
 * **Autojump** (default). When the loop is idle (nothing ready) it jumps the clock straight to
   the next timer, unless *real work is in flight*: an executor job, a running subprocess, a
-  connected socket or pipe registered with the selector, or a block inside ``loop.real_time()``.
+  connected socket or pipe registered with the selector, a real-time interval timer
+  (``signal.alarm``/``setitimer``) armed while the loop handles SIGALRM, or a block inside
+  ``loop.real_time()``.
   While real work is in flight the virtual clock follows the real one: the loop waits for real
   I/O exactly as long as the next timer is away, and advances the clock by the real time that
   passed. So a 5 s ``wait_for`` on a real socket read gets its 5 real seconds, as in production.
   ``autojump_threshold=T`` relaxes this, trio-style: after ``T`` real seconds in which nothing
-  real happened, the clock jumps anyway. Listening sockets and signal handlers do not hold the
-  clock (they wait on the outside world), but they do count as possible wake-ups, so a loop
-  with only those is never declared deadlocked.
+  real happened, the clock jumps anyway. Listening sockets and other signal handlers do not
+  hold the clock (they wait on the outside world), but they do count as possible wake-ups, so
+  a loop with only those is never declared deadlocked.
 * **Manual** (``autojump=False``). Time moves only through ``loop.advance(s)`` from outside the
   loop or ``await labkit.advance(s)`` on it.
 * **Deadlock**. Idle, with no timer the clock may reach and nothing real that could wake the
-  loop: :class:`labkit.DeadlockError`, naming every pending task and where it waits.
+  loop: :class:`labkit.DeadlockError`, naming every pending task and where it waits. A raw
+  thread (not an executor job) that will call ``call_soon_threadsafe`` is invisible to the
+  loop: await its result inside ``with loop.real_time():``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import math
 import selectors
+import signal
 import socket
 import time as _time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
@@ -284,13 +289,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _clock_held(self) -> bool:
         if self._vt_real_holds or self._vt_executor_jobs or self._vt_selector.external_fds() > 0:
             return True
+        if self._vt_signal_handlers and self._alarm_armed():
+            return True
         if self._vt_subprocesses:
-            self._vt_subprocesses = [
-                t
-                for t in self._vt_subprocesses
-                if t.get_returncode() is None and not t.is_closing()
-            ]
+            # A closed transport still holds the clock until its process is reaped: close()
+            # kills the child, and the exit arrives later from the child watcher.
+            self._vt_subprocesses = [t for t in self._vt_subprocesses if t.get_returncode() is None]
         return bool(self._vt_subprocesses)
+
+    def _alarm_armed(self) -> bool:
+        # The one signal whose arrival time the loop can know: a real-time interval timer.
+        sigalrm = getattr(signal, "SIGALRM", None)
+        handlers: Mapping[int, Any] = getattr(self, "_signal_handlers", {})
+        return sigalrm in handlers and signal.getitimer(signal.ITIMER_REAL)[0] > 0
 
     def _can_be_woken(self) -> bool:
         return (

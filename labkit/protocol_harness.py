@@ -20,6 +20,7 @@ from labkit.transport import MockTransport
 __all__ = ["ProtocolHarness", "bytes_diff"]
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
+_MAX_DIFF_ROWS = 12
 
 
 class ProtocolHarness(Generic[_P]):
@@ -172,7 +173,11 @@ def bytes_diff(expected: bytes, actual: bytes) -> str:
     got = [repr(part) for part in actual.splitlines(keepends=True)]
     if len(want) > 1 or len(got) > 1:
         lines.append("line by line (- expected, + written):")
-        lines += [f"  {row}" for row in difflib.ndiff(want, got) if not row.startswith("?")]
+        rows = [f"  {row}" for row in difflib.ndiff(want, got) if not row.startswith("?")]
+        if len(rows) > _MAX_DIFF_ROWS:
+            hidden = len(rows) - _MAX_DIFF_ROWS
+            rows = [*rows[:_MAX_DIFF_ROWS], f"  ... and {hidden} more line(s)"]
+        lines += rows
     return "\n".join(lines)
 
 

@@ -463,8 +463,8 @@ def _isolate(hide: Sequence[str]) -> list[str]:
         applied.append("runs as user nobody")
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
-    except (KeyError, OSError):
-        pass
+    except (KeyError, OSError) as exc:
+        applied.append(f"still root: cannot become nobody ({exc})")
     return applied
 
 
@@ -621,7 +621,8 @@ def _child_main() -> None:  # pragma: no cover - runs in the child process
     lock = threading.Lock()
 
     def send(**message: Any) -> None:
-        with lock:
+        with lock, contextlib.suppress(OSError):
+            os.set_blocking(out.fileno(), True)  # learner code may have changed it
             out.write(json.dumps(message, default=str) + "\n")
 
     try:
@@ -640,6 +641,8 @@ def _child_main() -> None:  # pragma: no cover - runs in the child process
         os._exit(5)
     runner.run([_cell(c) for c in setup["cells"]])
     send(event="learner-done")
+    with contextlib.suppress(OSError):
+        os.set_blocking(inp.fileno(), True)
     line = inp.readline()
     if line:
         runner.run([_cell(c) for c in json.loads(line)["cells"]])

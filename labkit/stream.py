@@ -9,6 +9,7 @@ backpressure: a writer whose peer does not read is paused and ``drain()`` waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -44,11 +45,15 @@ class MemoryConnection:
     """A client and a server end joined in memory; unpacks as ``client, server``.
 
     ``to_server`` and ``to_client`` are the two :class:`labkit.Pipe` directions, where
-    faults go; ``reset()`` breaks both ends at once.
+    faults go; ``reset()`` breaks both ends at once. ``async with`` closes both ends at the
+    end of the block (a StreamWriter left open is closed by asyncio when it is garbage
+    collected, with a ResourceWarning, as for a socket).
 
     Example::
 
-        (reader, writer), (peer_reader, peer_writer) = labkit.memory_connection()
+        async with labkit.memory_connection() as connection:
+            (reader, writer), (peer_reader, peer_writer) = connection
+            ...
     """
 
     def __init__(self, client: StreamEnd, server: StreamEnd, link: MemoryLink) -> None:
@@ -78,6 +83,27 @@ class MemoryConnection:
     def reset(self) -> None:
         """Reset the connection: both ends see ``ConnectionResetError``."""
         self.link.reset()
+
+    async def aclose(self) -> None:
+        """Close both writers and wait until both transports are lost (connection errors ignored).
+
+        Example::
+
+            connection = labkit.memory_connection()
+            ...
+            await connection.aclose()
+        """
+        for end in (self.client, self.server):
+            end.writer.close()
+        for end in (self.client, self.server):
+            with contextlib.suppress(OSError):  # the error was the connection's, not ours
+                await end.writer.wait_closed()
+
+    async def __aenter__(self) -> MemoryConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def _end(
@@ -118,6 +144,9 @@ def memory_connection(
         await writer.drain()
         assert await peer_reader.readline() == b"PING\\r\\n"
     """
+    for name, value in (("limit", limit), ("capacity", capacity), ("read_size", read_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1 (bytes), got {value!r}")
     loop = asyncio.get_running_loop()
     client_extra = {"peername": server_address, "sockname": client_address}
     server_extra = {"peername": client_address, "sockname": server_address}

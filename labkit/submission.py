@@ -98,6 +98,7 @@ class Lesson:
     exercises: dict[str, float]
     version: str
     locked: dict[str, str] = field(default_factory=dict)
+    problem: str = ""
 
     @property
     def max_points(self) -> float:
@@ -182,7 +183,11 @@ def load_lessons(instructor: Path) -> dict[int, Lesson]:
     entries = _manifest_entries(manifest)
     lessons: dict[int, Lesson] = {}
     for notebook in sorted(instructor.glob("[0-9][0-9]-*.ipynb")):
-        lesson = _load_lesson(notebook, entries)
+        try:
+            lesson = _load_lesson(notebook, entries)
+        except SubmissionError as exc:
+            # Only this lesson's submissions are refused (say, while `labkit build` runs).
+            lesson = _broken_lesson(notebook, str(exc))
         lessons[lesson.number] = lesson
     if not lessons:
         raise SubmissionError(f"{instructor}: no instructor notebooks; run `labkit build`")
@@ -223,13 +228,21 @@ def _points(value: Any) -> float:
         return 0.0
 
 
+def _broken_lesson(path: Path, problem: str) -> Lesson:
+    match = _NOTEBOOK_NAME.match(path.stem)
+    number = int(match.group(1)) if match else -1
+    return Lesson(number, path.stem, path.stem, path, (), {}, "", problem=problem)
+
+
 def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
     data = path.read_bytes()
     try:
         notebook = json.loads(data)
+        if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+            raise ValueError("not a notebook")
     except ValueError as exc:
         raise SubmissionError(
-            f"{path}: the instructor notebook is not JSON; rerun `labkit build`"
+            f"{path}: the instructor notebook is not a JSON notebook; rerun `labkit build`"
         ) from exc
     meta = _labkit(notebook.get("metadata"))
     match = _NOTEBOOK_NAME.match(path.stem)
@@ -302,6 +315,7 @@ def load_submission(
     *,
     lesson: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    learner: str | None = None,
 ) -> Submission:
     """Read, validate and plan one submission; raises SubmissionError (one line) if it is bad input.
 
@@ -340,7 +354,7 @@ def load_submission(
     plan = _plan(name, cells, target)
     return Submission(
         path=path,
-        learner=learner_name(path, lessons),
+        learner=learner or learner_name(path, lessons),
         lesson=target,
         sha256=digest,
         cells=plan[0],
@@ -414,6 +428,8 @@ def _which_lesson(
         )
     ids = {cell["id"] for cell in cells}
     target = lessons[number]
+    if target.problem:
+        raise SubmissionError(f"{name}: lesson {number} cannot be graded: {target.problem}")
     if declared is not None and declared != number:
         raise SubmissionError(
             f"{name}: a notebook from a different lesson (lesson {declared}, not lesson "

@@ -92,7 +92,7 @@ def plot_timeline(
     lane = {name: len(tasks) - 1 - i for i, name in enumerate(tasks)}
     if ax is None:
         width = min(16.0, 3.0 + 0.35 * max(len(steps), 8))
-        figure = Figure(figsize=(width, 1.0 + 0.55 * max(len(tasks), 1)), dpi=100)
+        figure = Figure(figsize=(width, 1.4 + 0.55 * max(len(tasks), 1)), dpi=100)
         ax = figure.add_subplot()
     else:
         figure = ax.get_figure()  # type: ignore[assignment]
@@ -140,8 +140,10 @@ def plot_timeline(
             )
         previous_time = step.time
     ax.set_yticks(range(len(tasks)), list(reversed(tasks)))
-    ax.set_ylim(-0.6, len(tasks) - 0.1 + (0.5 if labels else 0.2))
-    ax.set_xlim(0.3, max(len(steps), 1) + 0.7)
+    ax.set_ylim(-0.6, len(tasks) - 0.1 + (0.9 if labels else 0.2))
+    ax.set_xlim(0.3, max(len(steps), 1) + (1.5 if labels else 0.7))
+    if 0 < len(steps) <= 30:
+        ax.set_xticks(range(1, len(steps) + 1))
     ax.set_xlabel(
         f"scheduling step (virtual time starts at t={steps[0].time:g})" if steps else "step"
     )

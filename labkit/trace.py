@@ -230,7 +230,13 @@ def suspension(
     awaiting: str | None = None
     library = [f for f in frames if _is_library(f.f_code.co_filename)]
     if library:
-        frame = library[0]
+        # The outermost public call (Lock.acquire rather than _ContextManagerMixin.__aenter__).
+        public = [
+            f
+            for f in library
+            if not any(p.startswith("_") for p in f.f_code.co_qualname.split("."))
+        ]
+        frame = public[0] if public else library[0]
         awaiting = frame.f_code.co_qualname
         if awaiting == "sleep":
             delay = frame.f_locals.get("delay")

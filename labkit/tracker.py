@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
@@ -42,6 +43,8 @@ __all__ = ["Leak", "ResourceLeakError", "ResourceTracker"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _R = TypeVar("_R")
 
+_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+_LOOP_DRIVERS = frozenset({"_run", "_run_once"})
 _STDLIB = os.path.normcase(sysconfig.get_paths()["stdlib"]) + os.sep
 _LABKIT = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _MACHINERY_PACKAGES = frozenset(
@@ -59,6 +62,11 @@ _MACHINERY_PACKAGES = frozenset(
         "jupyter_client",
         "traitlets",
         "nbclient",
+        "ipykernel_launcher",
+        "debugpy",
+        "jupyter_core",
+        "comm",
+        "anyio",
     }
 )
 _SITE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
@@ -81,12 +89,22 @@ def _is_machinery(filename: str) -> bool:
     return found is not None and found.group(1).split(".")[0] in _MACHINERY_PACKAGES
 
 
-def _raw_stack(frame: types.FrameType | None, limit: int = 64) -> tuple[_Raw, ...]:
-    """(file, line, function) for a frame and its callers, innermost first; cheap to take."""
+def _raw_stack(frame: types.FrameType | None, depth: int = 64) -> tuple[_Raw, ...]:
+    """(file, line, function) of the first ``depth`` user frames from ``frame`` outwards.
+
+    Cheap enough to take at every acquisition or task creation: it walks at most 64 frames and
+    stops once it has ``depth`` frames of user code (machinery frames are skipped).
+    """
     raw: list[_Raw] = []
-    while frame is not None and len(raw) < limit:
-        raw.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_qualname))
+    walked = 0
+    while frame is not None and len(raw) < depth and walked < 64:
+        code = frame.f_code
+        if code.co_name in _LOOP_DRIVERS and code.co_filename.startswith(_ASYNCIO):
+            break  # the event loop running a callback: nothing above it is the caller's code
+        if not _is_machinery(code.co_filename):
+            raw.append((code.co_filename, frame.f_lineno, code.co_qualname))
         frame = frame.f_back
+        walked += 1
     return tuple(raw)
 
 
@@ -187,6 +205,7 @@ class ResourceTracker:
             raise ValueError(f"depth must be a number of stack frames >= 1, got {depth!r}")
         self.depth = depth
         self._lock = threading.Lock()
+        self._dead: list[weakref.ref[Any]] = []
         self._held: dict[weakref.ref[Any], _Held] = {}
         self._collected: list[Leak] = []
         self._problems: list[str] = []
@@ -202,7 +221,7 @@ class ResourceTracker:
 
             conn = tracker.acquired(await pool.acquire())
         """
-        return self._acquire(resource, _raw_stack(sys._getframe(1)))
+        return self._acquire(resource, _raw_stack(sys._getframe(1), self.depth))
 
     def released(self, resource: object) -> None:
         """Record that ``resource`` was released; its most recent acquisition is closed.
@@ -216,7 +235,7 @@ class ResourceTracker:
             await pool.release(conn)
             tracker.released(conn)
         """
-        self._release(resource, _raw_stack(sys._getframe(1)))
+        self._release(resource, _raw_stack(sys._getframe(1), self.depth))
 
     def _acquire(self, resource: _R, raw: tuple[_Raw, ...]) -> _R:
         try:
@@ -228,6 +247,7 @@ class ResourceTracker:
                 "that owns it, or give the class a __weakref__ slot"
             ) from None
         with self._lock:
+            self._reap()
             self._acquisitions += 1
             held = self._held.get(probe)
             if held is None:
@@ -243,6 +263,7 @@ class ResourceTracker:
         except TypeError:
             probe = None
         with self._lock:
+            self._reap()
             held = self._held.get(probe) if probe is not None else None
             if held is None:
                 where = _format_stack(_locations(raw, self.depth), "      ")
@@ -257,12 +278,18 @@ class ResourceTracker:
                 del self._held[held.ref]
 
     def _on_collected(self, ref: weakref.ref[Any]) -> None:
-        with self._lock:
-            held = self._held.pop(ref, None)
-            if held is None:
-                return
-            for raw in held.stacks:
-                self._collected.append(Leak(held.description, True, _locations(raw, self.depth)))
+        # Called by the garbage collector at any moment, possibly while this thread holds the
+        # lock: only queue the dead reference (list.append is atomic); _reap() files it.
+        self._dead.append(ref)
+
+    def _reap(self) -> None:
+        """File resources collected without release as leaks (call with the lock held)."""
+        while self._dead:
+            held = self._held.pop(self._dead.pop(0), None)
+            if held is not None:
+                for raw in held.stacks:
+                    leak = Leak(held.description, True, _locations(raw, self.depth))
+                    self._collected.append(leak)
 
     # -- decorators ---------------------------------------------------------------------------
 
@@ -280,13 +307,13 @@ class ResourceTracker:
             @functools.wraps(func)
             async def acquire_async(*args: Any, **kwargs: Any) -> Any:
                 resource = await func(*args, **kwargs)
-                return self._acquire(resource, _raw_stack(sys._getframe(0)))
+                return self._acquire(resource, _raw_stack(sys._getframe(0), self.depth))
 
             return cast(_F, acquire_async)
 
         @functools.wraps(func)
         def acquire(*args: Any, **kwargs: Any) -> Any:
-            return self._acquire(func(*args, **kwargs), _raw_stack(sys._getframe(0)))
+            return self._acquire(func(*args, **kwargs), _raw_stack(sys._getframe(0), self.depth))
 
         return cast(_F, acquire)
 
@@ -337,7 +364,7 @@ class ResourceTracker:
             @functools.wraps(func)
             async def release_async(*args: Any, **kwargs: Any) -> Any:
                 result = await func(*args, **kwargs)
-                self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0)))
+                self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0), self.depth))
                 return result
 
             return cast(_F, release_async)
@@ -345,7 +372,7 @@ class ResourceTracker:
         @functools.wraps(func)
         def release(*args: Any, **kwargs: Any) -> Any:
             result = func(*args, **kwargs)
-            self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0)))
+            self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0), self.depth))
             return result
 
         return cast(_F, release)
@@ -356,6 +383,7 @@ class ResourceTracker:
     def held(self) -> list[object]:
         """The resources currently held (alive, acquired more often than released)."""
         with self._lock:
+            self._reap()
             refs = list(self._held)
         return [obj for obj in (ref() for ref in refs) if obj is not None]
 
@@ -365,16 +393,19 @@ class ResourceTracker:
         except TypeError:
             return False
         with self._lock:
+            self._reap()
             return probe in self._held
 
     def __len__(self) -> int:
         """How many acquisitions are still open, including resources collected unreleased."""
         with self._lock:
+            self._reap()
             return sum(len(h.stacks) for h in self._held.values()) + len(self._collected)
 
     def leaks(self) -> list[Leak]:
         """Every acquisition not released: resources still held, then those collected."""
         with self._lock:
+            self._reap()
             held = list(self._held.values())
             collected = list(self._collected)
         still = [
@@ -396,6 +427,7 @@ class ResourceTracker:
         """
         leaks = self.leaks()
         with self._lock:
+            self._reap()
             problems = list(self._problems)
             total = self._acquisitions
         if not leaks and not problems:
@@ -412,6 +444,7 @@ class ResourceTracker:
     def clear(self) -> None:
         """Forget everything recorded so far (held resources, leaks and problems)."""
         with self._lock:
+            self._reap()
             self._held.clear()
             self._collected.clear()
             self._problems.clear()

@@ -96,6 +96,7 @@ class MockTransport(asyncio.Transport):
         self._lost = False  # connection_lost is scheduled or done
         self._lost_called = False
         self._lost_exc: BaseException | None = None
+        self._lost_error: BaseException | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
         self._write_waiters: list[asyncio.Future[None]] = []
         self._on_change: Callable[[], None] | None = None
@@ -316,11 +317,17 @@ class MockTransport(asyncio.Transport):
         self._force_close(exc)
 
     async def wait_lost(self) -> BaseException | None:
-        """Wait until ``connection_lost`` has been called; return its exception (or None)."""
+        """Wait until ``connection_lost`` has been called; return its exception (or None).
+
+        If the protocol's ``connection_lost`` raised, that exception is raised here, so a bug
+        in clean-up code fails the test instead of only being logged by the loop.
+        """
         if not self._lost_called:
             if self._lost_waiter is None:
                 self._lost_waiter = self._loop.create_future()
             await asyncio.shield(self._lost_waiter)
+        if self._lost_error is not None:
+            raise self._lost_error
         return self._lost_exc
 
     async def wait_written(self) -> None:
@@ -413,11 +420,19 @@ class MockTransport(asyncio.Transport):
         self._lost_exc = exc
         self._closing = True
         self.events.append(f"connection_lost({_describe(exc)})")
+        waiter = self._lost_waiter
         try:
             if self._protocol is not None:
                 self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            # A test waiting in wait_lost() gets the bug; otherwise the loop reports it, as
+            # it does for a real transport.
+            self._lost_error = error
+            if waiter is None:
+                raise
         finally:
-            waiter = self._lost_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             self._changed()

@@ -10,8 +10,9 @@ The :class:`Watchdog` measures real time from a thread of its own, with public A
 at the loop thread's stack (``sys._current_frames``) and at the task the loop is stepping
 (``asyncio.current_task(loop)``). When the same callback or task step is still on the stack
 after ``threshold`` seconds and the heartbeat has not been served in between, the loop was
-blocked by that step: the watchdog records it with the stack at that moment. It works on any
-loop: asyncio's, uvloop (task steps) and :class:`labkit.VirtualTimeLoop`.
+blocked by that step: the watchdog records it with the stack at that moment. It works on
+asyncio's loops and :class:`labkit.VirtualTimeLoop` for every callback and task step; on uvloop,
+which runs callbacks from C, for task steps only.
 
 In pytest, use ``@pytest.mark.labkit_watchdog(threshold=0.1)``, the ini option
 ``labkit_watchdog = 0.1`` for a whole suite, or the ``watchdog`` fixture.
@@ -119,12 +120,13 @@ def _stack_until(leaf: types.FrameType, callback: types.FrameType) -> tuple[_Raw
 class Watchdog:
     """Record every callback or task step that blocks the loop for over ``threshold`` real seconds.
 
-    Start it from the thread that runs the loop (``async with Watchdog():`` inside the loop,
-    ``with Watchdog(loop=loop):`` around ``loop.run_until_complete``, or :meth:`start` /
-    :meth:`stop`); on exit it raises :class:`BlockingCallError` naming each blocking step with
-    its stack. Blocks shorter than ``threshold`` are never reported; blocks between
-    ``threshold`` and ``1.2 * threshold`` may be missed (the watchdog looks five times per
-    threshold). It only watches while the loop is running.
+    Use it as ``async with Watchdog():`` inside the loop, ``with Watchdog(loop=loop):`` around
+    ``loop.run_until_complete``, or by :meth:`start` / :meth:`stop` (best called from the loop's
+    thread; otherwise the loop's first heartbeat tells the watchdog which thread to watch). On
+    exit it raises :class:`BlockingCallError` naming each blocking step with its stack. Blocks
+    shorter than ``threshold`` are never reported; blocks between ``threshold`` and
+    ``1.2 * threshold`` may be missed (the watchdog looks five times per threshold). It only
+    watches while the loop is running.
 
     Example::
 
@@ -194,6 +196,7 @@ class Watchdog:
             raise BlockingCallError(self.blocks)
 
     def _beat(self) -> None:
+        self._loop_thread = threading.get_ident()  # the loop's thread, whoever called start()
         self._served += 1
         self._outstanding = False
 

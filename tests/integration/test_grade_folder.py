@@ -139,6 +139,7 @@ def rows(tmp_path: Path) -> dict[str, tuple[float, int, str]]:
     return {name: (points, tampered, outcome) for name, points, tampered, outcome in found}
 
 
+@pytest.mark.timeout(600)
 def test_grading_a_folder_gives_each_notebook_its_points(tmp_path: Path) -> None:
     folder = tmp_path / "collected"
     bad = build_folder(folder)
@@ -193,6 +194,7 @@ def test_grading_a_folder_gives_each_notebook_its_points(tmp_path: Path) -> None
     assert rows(tmp_path)["empty"][0] == 6
 
 
+@pytest.mark.timeout(600)
 def test_kill_9_mid_run_loses_nothing_already_graded(tmp_path: Path) -> None:
     folder = tmp_path / "collected"
     learners = [f"learner{n}" for n in range(6)]
@@ -253,6 +255,7 @@ def _real_lesson() -> tuple[Path, Path] | None:
     return None
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(_real_lesson() is None, reason="no lesson built yet (run `labkit build`)")
 def test_a_real_lesson_grades_solved_full_and_the_learner_version_zero(tmp_path: Path) -> None:
     found = _real_lesson()
@@ -269,9 +272,17 @@ def test_a_real_lesson_grades_solved_full_and_the_learner_version_zero(tmp_path:
     for cell in solved["cells"]:
         if cell["id"] in solutions:
             cell["source"] = solutions[cell["id"]]
+    tampered = copy.deepcopy(solved)
+    check = next(
+        c
+        for c in tampered["cells"]
+        if c.get("metadata", {}).get("labkit", {}).get("role") == "check"
+    )
+    check["source"] = "pass  # no checks here"
     folder = tmp_path / "collected"
     folder.mkdir()
     (folder / "solved.ipynb").write_text(json.dumps(solved))
+    (folder / "tampered.ipynb").write_text(json.dumps(tampered))
     (folder / "empty.ipynb").write_text(learner_path.read_text())
     done = subprocess.run(
         [
@@ -297,13 +308,18 @@ def test_a_real_lesson_grades_solved_full_and_the_learner_version_zero(tmp_path:
     with sqlite3.connect(tmp_path / "book.sqlite") as db:
         found_rows = dict(
             db.execute(
-                "SELECT l.name, s.points = s.max_points FROM submissions s JOIN learners l "
-                "ON l.id = s.learner_id"
+                "SELECT l.name, s.points = s.max_points AND s.tampered = 0 FROM submissions s "
+                "JOIN learners l ON l.id = s.learner_id"
             ).fetchall()
         )
         empty_points = db.execute(
             "SELECT s.points FROM submissions s JOIN learners l ON l.id = s.learner_id "
             "WHERE l.name = 'empty'"
         ).fetchone()
+        tampered_row = db.execute(
+            "SELECT s.points = s.max_points, s.tampered FROM submissions s JOIN learners l "
+            "ON l.id = s.learner_id WHERE l.name = 'tampered'"
+        ).fetchone()
+    assert tampered_row == (1, 1)  # flagged, and graded with the original check cell
     assert found_rows["solved"] == 1, done.stdout
     assert empty_points == (0,)

@@ -5,8 +5,9 @@
 * ``notebooks/NN-*.ipynb``, the learner versions, must run top to bottom without an error
   (``--nbval-lax``), with every check reporting "not solved yet".
 
-nbval's strict and lax modes are options of a whole pytest run, so each notebook runs in a child
-pytest; ``LABKIT_RESULTS`` collects the check results of that run.
+nbval's strict and lax modes are options of a whole pytest run, so each version runs in a child
+pytest (the two of a lesson side by side, one per core); ``LABKIT_RESULTS`` collects the check
+results of each run.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = Path(__file__).with_name("sanitize.cfg")
 INSTRUCTOR = sorted((ROOT / "instructor").glob("[0-9][0-9]-*.ipynb"))
 LEARNER = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+LESSONS = sorted({path.stem for path in INSTRUCTOR} & {path.stem for path in LEARNER})
 
 pytestmark = pytest.mark.notebooks
 
 
-def _nbval(notebook: Path, mode: str, results: Path) -> tuple[str, list[dict[str, object]]]:
+def _start(notebook: Path, mode: str, results: Path) -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
@@ -39,43 +41,47 @@ def _nbval(notebook: Path, mode: str, results: Path) -> tuple[str, list[dict[str
         "-q",
         "-p",
         "no:cacheprovider",
-        "-p",
-        "no:randomly",
         str(notebook.relative_to(ROOT)),
     ]
     env = {**os.environ, "LABKIT_RESULTS": str(results)}
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"nbval {mode} failed on {notebook.name}:\n{output}"
+
+
+def _finish(child: subprocess.Popen[str], what: str, results: Path) -> list[dict[str, object]]:
+    try:
+        output, _ = child.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        output, _ = child.communicate()
+        pytest.fail(f"{what}: nbval still running after 30 minutes:\n{output}")
+    assert child.returncode == 0, f"{what}: nbval failed:\n{output}"
     lines = results.read_text(encoding="utf-8").splitlines() if results.exists() else []
-    return output, [json.loads(line) for line in lines if line.strip()]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
-def _ids(paths: list[Path]) -> list[str]:
-    return [path.stem for path in paths]
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_lesson_notebooks(lesson: str, tmp_path: Path) -> None:
+    instructor = ROOT / "instructor" / f"{lesson}.ipynb"
+    learner = ROOT / "notebooks" / f"{lesson}.ipynb"
+    strict = _start(instructor, "--nbval", tmp_path / "instructor.jsonl")
+    lax = _start(learner, "--nbval-lax", tmp_path / "learner.jsonl")
+    taught = _finish(strict, f"instructor/{lesson}.ipynb", tmp_path / "instructor.jsonl")
+    learned = _finish(lax, f"notebooks/{lesson}.ipynb", tmp_path / "learner.jsonl")
 
+    unsolved = [r for r in taught if r["status"] != "solved"]
+    assert not unsolved, f"instructor/{lesson}: the solutions do not solve {unsolved}"
 
-@pytest.mark.parametrize("notebook", INSTRUCTOR, ids=_ids(INSTRUCTOR))
-def test_instructor_notebook_reproduces_its_outputs(notebook: Path, tmp_path: Path) -> None:
-    _, results = _nbval(notebook, "--nbval", tmp_path / "results.jsonl")
-    unsolved = [r for r in results if r["status"] != "solved"]
-    assert not unsolved, f"{notebook.name}: the instructor's solutions do not solve {unsolved}"
-
-
-@pytest.mark.parametrize("notebook", LEARNER, ids=_ids(LEARNER))
-def test_learner_notebook_runs_clean(notebook: Path, tmp_path: Path) -> None:
-    _, results = _nbval(notebook, "--nbval-lax", tmp_path / "results.jsonl")
-    assert results, f"{notebook.name}: no check reported a result"
-    solved = [r["exercise"] for r in results if r["status"] != "not solved yet"]
+    assert learned, f"notebooks/{lesson}: no check reported a result"
+    solved = [r["exercise"] for r in learned if r["status"] != "not solved yet"]
     assert not solved, (
-        f"{notebook.name}: the checks of {solved} do not report 'not solved yet' on the "
+        f"notebooks/{lesson}: the checks of {solved} do not report 'not solved yet' on the "
         "placeholder; does the solution region cover all of the solution?"
     )
-    assert all(not r["hidden"] for r in results), "a hidden check leaked into the learner version"
+    assert all(not r["hidden"] for r in learned), "a hidden check leaked into the learner version"
 
 
 def test_every_lesson_has_both_versions() -> None:
-    assert _ids(INSTRUCTOR) == _ids(LEARNER)
+    assert [p.stem for p in INSTRUCTOR] == [p.stem for p in LEARNER]
     assert INSTRUCTOR, "no generated lesson notebooks: run `labkit build`"

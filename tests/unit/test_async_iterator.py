@@ -7,6 +7,7 @@ import collections.abc
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -213,7 +214,7 @@ async def test_athrow_propagates_is_recorded_and_finishes_the_stream() -> None:
 
 @both_loops
 async def test_concurrent_steps_are_refused_like_a_running_async_generator() -> None:
-    stream = MockAsyncIterator([1, 2], delay=1.0)
+    stream = MockAsyncIterator([1, 2], delay=0.01)
     first = asyncio.create_task(anext(stream), name="first-anext")
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="already running"):
@@ -221,6 +222,24 @@ async def test_concurrent_steps_are_refused_like_a_running_async_generator() -> 
     with pytest.raises(RuntimeError, match="already running"):
         await stream.aclose()
     assert await first == 1
+
+
+async def real_generator() -> collections.abc.AsyncGenerator[int, None]:
+    yield 1
+    await asyncio.sleep(5.0)
+    yield 2
+
+
+@both_loops
+@pytest.mark.parametrize("make", [real_generator, lambda: MockAsyncIterator([1, 2], delay=[0, 5])])
+async def test_a_cancelled_step_finishes_the_stream_like_a_real_generator(make: Any) -> None:
+    stream = make()
+    assert await anext(stream) == 1
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await anext(stream)
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
 
 
 @both_loops

@@ -273,3 +273,13 @@ async def test_suspended_at_describes_done_tasks() -> None:
     assert labkit.suspended_at(task) == (
         "not suspended: it already finished: raised ValueError('x')"
     )
+
+
+@VIRTUAL
+async def test_assert_blocks_accepts_a_plain_future() -> None:
+    future = asyncio.get_running_loop().create_future()
+    blocked = await labkit.assert_blocks(future)
+    assert blocked.where == "waiting for a future to be resolved"
+    future.set_result(None)
+    with pytest.raises(AssertionError, match="the future is not blocked"):
+        await labkit.assert_blocks(future)

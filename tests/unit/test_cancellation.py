@@ -310,13 +310,13 @@ async def test_a_target_that_never_suspends_has_only_the_baseline() -> None:
 
 
 @VIRTUAL
-async def test_a_baseline_failure_and_a_failing_check_are_reported() -> None:
+async def test_a_baseline_failure_propagates_and_a_failing_check_is_reported() -> None:
     async def broken() -> None:
         await asyncio.sleep(1)
         raise ValueError("boom")
 
-    report = await labkit.cancel_at_every_await(broken, raise_on_failure=False)
-    assert report.points[0].outcome == "failed without any cancellation: ValueError('boom')"
+    with pytest.raises(ValueError, match="boom"):
+        await labkit.cancel_at_every_await(broken, raise_on_failure=False)
 
     async def fine() -> None:
         await asyncio.sleep(1)
@@ -425,3 +425,45 @@ async def test_the_sync_form_works_where_a_loop_already_runs() -> None:
     )
     assert report.ok
     assert report.mode == "timeout"
+
+
+@VIRTUAL
+async def test_the_deadline_lands_exactly_even_when_the_future_is_already_resolved() -> None:
+    seen: list[int] = []
+
+    async def target() -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.call_soon(ready.set_result, None)  # resolved before the deadline's callback runs
+        try:
+            await ready
+        except asyncio.CancelledError:
+            seen.append(1)
+            raise
+        await asyncio.sleep(1)
+
+    report = await labkit.timeout_at_every_await(target)
+    assert [p.outcome for p in report.points] == ["ok", "ok", "ok"]
+    assert seen == [1]
+
+
+@VIRTUAL
+async def test_a_check_returning_false_fails_the_row() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def leaves_an_item() -> None:
+        queue.put_nowait(1)
+        await asyncio.sleep(1)
+        queue.get_nowait()
+
+    report = await labkit.cancel_at_every_await(
+        leaves_an_item, check=queue.empty, raise_on_failure=False
+    )
+    assert [p.outcome for p in report.points] == [
+        "ok",
+        "check failed: Queue.empty() returned False",
+    ]
+    report = await labkit.cancel_at_every_await(
+        leaves_an_item, check=lambda: queue.qsize() < 5, raise_on_failure=False
+    )
+    assert report.ok

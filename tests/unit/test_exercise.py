@@ -319,3 +319,11 @@ def test_several_correct_versions_catch_a_test_that_guesses_timings() -> None:
     assert guessing.points == 0
     waiting = check_test("9.5", event_waiting_test, correct=correct, mutants={"x": _starts_nothing})
     assert waiting.solved
+
+
+def test_a_demonstration_is_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv("LABKIT_RESULTS", str(results))
+    demo = check_test("9.1", weak_test_add, correct=_add, mutants={"x": _mul}, record=False)
+    assert demo.status == "failed"
+    assert not results.exists()

@@ -410,3 +410,61 @@ def test_one_controller_per_loop_even_inside_an_exploration() -> None:
 
     with pytest.raises(ExplorationFailure, match="already under a labkit scheduler"):
         labkit.explore(body, runs=1, strategy="random")
+
+
+def test_a_deadlock_in_some_order_is_reported_with_its_schedule() -> None:
+    async def body() -> None:
+        first, second = asyncio.Lock(), asyncio.Lock()
+
+        async def forwards() -> None:
+            async with first:
+                await asyncio.sleep(0)
+                async with second:
+                    pass
+
+        async def backwards() -> None:
+            async with second:
+                await asyncio.sleep(0)
+                async with first:
+                    pass
+
+        await asyncio.gather(
+            asyncio.create_task(forwards(), name="forwards"),
+            asyncio.create_task(backwards(), name="backwards"),
+        )
+
+    with pytest.raises(ExplorationFailure, match="DeadlockError") as caught:
+        labkit.explore(body, runs=50, strategy="random")
+    assert isinstance(caught.value.error, labkit.DeadlockError)
+    assert "Lock.acquire" in caught.value.run.trace.text()
+
+
+def test_the_marker_passes_fixtures_and_the_clock_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_clocked=textwrap.dedent(
+            """
+            import asyncio
+            import pytest
+
+            @pytest.fixture
+            def greeting():
+                return "hello"
+
+            @pytest.mark.labkit_clock(start=100.0)
+            @pytest.mark.labkit_explore(runs=5, strategy="exhaustive")
+            async def test_uses_both(greeting):
+                assert greeting == "hello"
+                assert asyncio.get_running_loop().time() == 100.0
+                await asyncio.sleep(5)
+                assert asyncio.get_running_loop().time() == 105.0
+
+            @pytest.mark.labkit_explore(5)
+            async def test_positional():
+                pass
+            """
+        )
+    )
+    code, output = run_pytest(pytester)
+    assert code == 1, output
+    assert "1 failed, 1 passed" in output
+    assert "labkit_explore takes keyword arguments only" in output

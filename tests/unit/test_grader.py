@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit import cli
+from labkit.feedback import render_markdown, write_feedback
 from labkit.gradebook import ExerciseGrade, Grade, Gradebook
 from labkit.grader import Progress, find_submissions, score
 from labkit.sandbox import Cell, CellRun, Limits, SandboxResult
@@ -77,15 +78,24 @@ def test_missing_manifest_says_to_run_labkit_build(tmp_path: Path) -> None:
         load_lessons(tmp_path)
 
 
-def test_an_instructor_notebook_edited_after_the_build_is_refused(tmp_path: Path) -> None:
+def test_an_instructor_notebook_edited_after_the_build_refuses_only_its_lesson(
+    tmp_path: Path,
+) -> None:
     instructor = lesson98.write_instructor(tmp_path / "instructor")
     notebook = lesson98.instructor()
     lesson98.cell(notebook, "ex1-check")["source"] += "\nprint('edited')"
     write(instructor / "98-grading-fixture.ipynb", notebook)
-    with pytest.raises(
-        SubmissionError, match=r"'ex1-check' does not match instructor/manifest\.json"
-    ):
-        load_lessons(instructor)
+    (instructor / "97-half-built.ipynb").write_text("{")
+    lessons = load_lessons(instructor)
+    path = write(tmp_path / "ann.ipynb", lesson98.learner())
+    with pytest.raises(SubmissionError) as caught:
+        load_submission(path, lessons)
+    assert str(caught.value) == (
+        f"{path}: lesson 98 cannot be graded: {instructor / '98-grading-fixture.ipynb'}: cell "
+        "'ex1-check' does not match instructor/manifest.json (the lesson was edited after "
+        "`labkit build`); run `labkit build` again"
+    )
+    assert "not a JSON notebook" in lessons[97].problem
 
 
 def test_plan_runs_locked_cells_as_written_and_hidden_cells_last(
@@ -307,7 +317,7 @@ def test_forged_points_are_capped_and_lines_outside_check_cells_ignored(
 ) -> None:
     submission = _submission(tmp_path, lessons)
     results = {
-        "ex1-check": [_line("98.1", 100, 100)],
+        "ex1-check": [_line("98.1", 100, 100), _line("98.2", 3, 3)],
         "ex1-solution": [_line("98.2", 3, 3)],
     }
     grade = score(submission, SandboxResult("completed", cells=_ran(submission, results)))
@@ -576,3 +586,53 @@ def test_the_property_fails_for_a_grader_that_loses_grades(tmp_path: Path) -> No
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip(reason="the grader's sandbox is Linux-only")
+
+
+# -- feedback -----------------------------------------------------------------------------
+
+
+def _feedback_grade() -> Grade:
+    return Grade(
+        "<script>x</script>",
+        98,
+        "98-grading-fixture",
+        "v1",
+        "x.ipynb",
+        "f" * 64,
+        "timeout",
+        reason="In your solution cell for exercise 98.2: the notebook ran longer than 5 s.",
+        tampering=["check cell 'ex1-check' was changed (graded with the original)"],
+        exercises=[
+            ExerciseGrade("98.1", 1, 3, "partly solved", failed=["doubles\nAssertionError: <no>"]),
+            ExerciseGrade("98.2", 2, 3, "partly solved", caught=["adds two"], missed=["squares"]),
+        ],
+        graded_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def test_markdown_feedback_lists_points_failures_bugs_and_tampering() -> None:
+    text = render_markdown(_feedback_grade())
+    assert "**3 / 6 points**" in text
+    assert "> **The run stopped early (timeout):** In your solution cell for exercise 98.2" in text
+    assert "> - check cell 'ex1-check' was changed (graded with the original)" in text
+    assert "| 98.1 | 1 / 3 | partly solved |" in text
+    assert "- doubles\n  AssertionError: <no>" in text
+    assert "- caught: adds two\n- **missed**: squares" in text
+
+
+def test_html_feedback_escapes_everything_the_learner_wrote(tmp_path: Path) -> None:
+    path = write_feedback(_feedback_grade(), tmp_path, fmt="html")
+    assert path == tmp_path / "script_x_script" / "98-grading-fixture.html"
+    page = path.read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert '<li class="missed">missed: squares</li>' in page
+
+
+def test_learner_option_names_a_single_notebook(tmp_path: Path, lessons: dict[int, Lesson]) -> None:
+    path = write(tmp_path / "98-grading-fixture.ipynb", lesson98.learner())
+    assert load_submission(path, lessons, learner="zoe").learner == "zoe"
+    other = write(tmp_path / "sub" / "ann.ipynb", lesson98.learner())
+    code, _, err = _grade(tmp_path, path, other, extra=("--learner", "zoe"))
+    assert code == 2
+    assert "--learner names one learner, but 2 notebooks were given" in err

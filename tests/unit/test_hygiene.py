@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import warnings
 from typing import Any
 
@@ -16,6 +17,12 @@ pytest_plugins = ["pytester"]
 ALL_LOOPS = pytest.mark.asyncio(loop_factories=["asyncio", "uvloop", "virtual"])
 
 
+def line_of(func: Any, text: str) -> int:
+    """The line number of the first line of ``func`` containing ``text``."""
+    lines, first = inspect.getsourcelines(func)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
 # -- the code under test: each bug next to its fix ---------------------------------------------
 
 
@@ -25,7 +32,7 @@ async def write_audit(log: list[str], request: str) -> None:
 
 
 async def handle_fire_and_forget(log: list[str], request: str) -> str:
-    asyncio.create_task(write_audit(log, request), name="audit")
+    asyncio.create_task(write_audit(log, request), name="audit")  # noqa: RUF006 (the bug)
     return "ok"
 
 
@@ -42,7 +49,7 @@ async def flaky_refresh() -> None:
 
 async def start_refresh_dropped() -> None:
     task = asyncio.create_task(flaky_refresh(), name="refresh")
-    await asyncio.sleep(0.01)
+    await asyncio.wait([task])  # waits for it to end, without looking at the outcome
     del task  # its exception is never looked at
 
 
@@ -78,8 +85,9 @@ async def test_fire_and_forget_task_is_named_with_its_creation_site() -> None:
     text = str(caught.value)
     assert text.startswith("task hygiene: 1 problem\n  task 'audit' is still pending")
     assert "created at" in text
+    line = line_of(handle_fire_and_forget, "create_task")
     assert (
-        "test_hygiene.py:28 in handle_fire_and_forget: "
+        f"test_hygiene.py:{line} in handle_fire_and_forget: "
         'asyncio.create_task(write_audit(log, request), name="audit")' in text
     )
 
@@ -94,14 +102,20 @@ async def test_awaited_task_passes() -> None:
 
 @pytest.mark.asyncio(loop_factories=["virtual"])
 async def test_pending_task_shows_where_it_waits_and_is_cancelled_afterwards() -> None:
-    with pytest.raises(HygieneError) as caught:
+    seen: list[asyncio.Task[Any]] = []
+
+    async def body() -> None:
         async with TaskTracker() as tracker:
             await handle_fire_and_forget([], "GET /")
             await asyncio.sleep(0)
-            [task] = tracker.pending()
-    assert "waiting at test_hygiene.py:23 in write_audit: await asyncio.sleep(0.01)" in str(
-        caught.value
-    )
+            seen.extend(tracker.pending())
+
+    with pytest.raises(HygieneError) as caught:
+        await body()
+    [task] = seen
+    line = line_of(write_audit, "sleep")
+    waiting = f"waiting at test_hygiene.py:{line} in write_audit: await asyncio.sleep(0.01)"
+    assert waiting in str(caught.value)
     assert task.cancelled()
 
 
@@ -114,7 +128,8 @@ async def test_unretrieved_exception_is_reported() -> None:
     assert problem.kind == "unretrieved"
     assert str(problem).startswith(
         "task 'refresh' raised ConnectionError: cache refresh failed, and nobody retrieved "
-        "the exception\n    raised at test_hygiene.py:40 in flaky_refresh: "
+        "the exception\n    raised at "
+        f"test_hygiene.py:{line_of(flaky_refresh, 'raise')} in flaky_refresh: "
         'raise ConnectionError("cache refresh failed")\n    created at'
     )
     assert "in start_refresh_dropped: task = asyncio.create_task" in str(problem)
@@ -127,8 +142,7 @@ async def test_unretrieved_exception_in_a_reference_cycle_is_reported() -> None:
         raise RuntimeError(f"{me is not None}")
 
     async def start() -> None:
-        asyncio.create_task(fails_holding_itself(), name="cyclic")
-        await asyncio.sleep(0.01)
+        await asyncio.wait([asyncio.create_task(fails_holding_itself(), name="cyclic")])
 
     with pytest.raises(HygieneError, match="task 'cyclic' raised RuntimeError: True"):
         async with TaskTracker():
@@ -167,25 +181,45 @@ async def test_awaited_coroutine_passes() -> None:
 
 @pytest.mark.asyncio(loop_factories=["virtual"])
 async def test_cancelled_but_not_awaited_says_so() -> None:
-    with pytest.raises(HygieneError, match="was cancelled but nobody awaited it"):
+    async def body() -> None:
         async with TaskTracker():
             task = asyncio.create_task(asyncio.sleep(10), name="sleeper")
             await asyncio.sleep(0)
             task.cancel()
+
+    with pytest.raises(HygieneError, match="was cancelled but nobody awaited it"):
+        await body()
+
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_pending_tasks_without_user_frames_still_say_where_they_are() -> None:
+    async def body() -> None:
+        async with TaskTracker():
+            asyncio.create_task(asyncio.sleep(10), name="started")  # noqa: RUF006
+            await asyncio.sleep(0)
+            asyncio.create_task(asyncio.sleep(10), name="unstarted")  # noqa: RUF006
+
+    with pytest.raises(HygieneError) as caught:
+        await body()
+    assert [(p.subject, p.at) for p in caught.value.problems] == [
+        ("task 'started'", "waiting in sleep()"),
+        ("task 'unstarted'", "not started yet"),
+    ]
 
 
 @pytest.mark.asyncio(loop_factories=["virtual"])
 async def test_unnamed_tasks_are_labelled_by_their_coroutine() -> None:
     with pytest.raises(HygieneError, match=r"task running write_audit\(\) is still pending"):
         async with TaskTracker():
-            asyncio.create_task(write_audit([], "x"))
+            asyncio.create_task(write_audit([], "x"))  # noqa: RUF006
 
 
 @pytest.mark.asyncio(loop_factories=["virtual"])
 async def test_tracker_lists_tasks_and_their_origin() -> None:
     async with TaskTracker() as tracker:
         task = asyncio.create_task(asyncio.sleep(1), name="one")
-        assert tracker.tasks == [task] and tracker.pending() == [task]
+        assert tracker.tasks == [task]
+        assert tracker.pending() == [task]
         [where] = tracker.origin(task)
         assert where.function == "test_tracker_lists_tasks_and_their_origin"
         assert where.code.startswith("task = asyncio.create_task(")
@@ -232,19 +266,24 @@ async def test_other_warnings_still_reach_the_caller() -> None:
 
 @pytest.mark.asyncio(loop_factories=["virtual"])
 async def test_a_body_error_is_not_masked() -> None:
-    with pytest.raises(KeyError) as caught:
+    async def body() -> None:
         async with TaskTracker():
-            asyncio.create_task(asyncio.sleep(10), name="left")
+            asyncio.create_task(asyncio.sleep(10), name="left")  # noqa: RUF006
             raise KeyError("body")
+
+    with pytest.raises(KeyError) as caught:
+        await body()
     assert any("task 'left' is still pending" in note for note in caught.value.__notes__)
 
 
 def test_sync_form_around_run_until_complete() -> None:
     loop = labkit.new_virtual_loop()
     try:
-        with pytest.raises(HygieneError, match="task 'audit' is still pending"):
-            with TaskTracker(loop):
-                loop.run_until_complete(handle_fire_and_forget([], "x"))
+        with (
+            pytest.raises(HygieneError, match="task 'audit' is still pending"),
+            TaskTracker(loop),
+        ):
+            loop.run_until_complete(handle_fire_and_forget([], "x"))
         with TaskTracker(loop):
             loop.run_until_complete(handle_awaited([], "x"))
     finally:

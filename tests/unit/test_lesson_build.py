@@ -222,6 +222,9 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     _lesson(tmp_path, _good_cells())
     lessons = find_lessons(tmp_path)
     assert check_up_to_date(lessons) != []
+    other = {"version": 1, "lessons": {"03": {"file": "03-other.ipynb"}}}
+    (tmp_path / "instructor").mkdir()
+    (tmp_path / "instructor" / "manifest.json").write_text(json.dumps(other))
     lines: list[str] = []
     build(lessons, progress=lines.append)
     assert lines[0] == "lesson 07: running 4 code cells"
@@ -233,6 +236,7 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     assert "language_info" not in instructor.metadata
 
     manifest = json.loads((tmp_path / "instructor" / "manifest.json").read_text())
+    assert manifest["lessons"]["03"] == {"file": "03-other.ipynb"}  # another lesson's entry stays
     entry = manifest["lessons"]["07"]
     assert entry["exercises"] == {
         "7.1": {
@@ -286,8 +290,11 @@ def test_committed_notebooks_are_up_to_date_with_lessons() -> None:
     assert problems == [], "\n".join(problems)
 
 
-def test_the_lesson_index_links_every_lesson() -> None:
-    index = (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8")
-    links = set(re.findall(r"\]\(([^)]+\.ipynb)\)", index))
-    missing = [x.name for x in find_lessons(ROOT) if x.name not in links]
-    assert missing == [], f"notebooks/README.md does not link {missing}"
+@pytest.mark.parametrize(
+    ("index", "prefix"), [("notebooks/README.md", ""), ("README.md", "notebooks/")]
+)
+def test_the_lesson_maps_link_every_lesson(index: str, prefix: str) -> None:
+    text = (ROOT / index).read_text(encoding="utf-8")
+    links = set(re.findall(r"\]\(([^)]+\.ipynb)\)", text))
+    missing = [x.name for x in find_lessons(ROOT) if prefix + x.name not in links]
+    assert missing == [], f"{index} does not link {missing}"

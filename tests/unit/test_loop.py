@@ -689,6 +689,43 @@ def test_a_loop_waiting_only_for_a_signal_is_not_a_deadlock() -> None:
     assert run_virtual(main) == "SIGUSR2"
 
 
+def test_a_closed_subprocess_transport_holds_the_clock_until_the_child_is_reaped() -> None:
+    # close() kills the child; its exit arrives later from the child watcher. A clock released
+    # at close() would time the 5 s wait out at once (CPython's test_close_kill_running).
+    async def main() -> int | None:
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        class Child(asyncio.SubprocessProtocol):
+            def process_exited(self) -> None:
+                exited.set_result(None)
+
+        transport, _ = await loop.subprocess_exec(
+            Child, sys.executable, "-c", "import time; time.sleep(60)"
+        )
+        transport.close()
+        await asyncio.wait_for(exited, 5)
+        return transport.get_returncode()
+
+    assert run_virtual(main) == -signal.SIGKILL
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
+def test_an_armed_real_time_alarm_holds_the_clock_while_the_loop_handles_sigalrm() -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[str] = loop.create_future()
+        loop.add_signal_handler(signal.SIGALRM, got.set_result, "alarm")
+        signal.setitimer(signal.ITIMER_REAL, PEER_DELAY)
+        try:
+            return await asyncio.wait_for(got, timeout=60)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            loop.remove_signal_handler(signal.SIGALRM)
+
+    assert run_virtual(main) == "alarm"
+
+
 # -- debug mode, run and Runner ---------------------------------------------------------------
 
 

@@ -98,6 +98,7 @@ def test_fragment_needs_exactly_one_way_to_split() -> None:
 
 
 @given(data=st.binary(max_size=200), seed=st.integers(), max_size=st.integers(1, 20))
+@settings(database=None)
 def test_fragments_always_join_back(data: bytes, seed: int, max_size: int) -> None:
     assert b"".join(fragment(data, seed=seed, max_size=max_size)) == data
 
@@ -167,7 +168,7 @@ async def test_fragmentation_catches_one_message_per_data_received() -> None:
     lines=st.lists(st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=8),
     cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=10),
 )
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 def test_property_any_fragmentation_gives_the_same_lines(
     lines: list[bytes], cuts: list[int]
 ) -> None:
@@ -187,7 +188,7 @@ def test_property_finds_the_buggy_protocol() -> None:
     """The same property, run against the bug, must fail: hypothesis finds a split."""
 
     @given(cut=st.integers(min_value=1, max_value=5))
-    @settings(max_examples=20, deadline=None)
+    @settings(max_examples=20, deadline=None, database=None)
     def prop(cut: int) -> None:
         async def parse() -> list[bytes]:
             harness = ProtocolHarness(OneMessagePerChunk())
@@ -281,3 +282,10 @@ async def test_read_slowly_rejects_bad_settings() -> None:
 async def test_repr() -> None:
     harness = ProtocolHarness(UpperLines())
     assert repr(harness) == "<ProtocolHarness UpperLines <MockTransport open buffered=0 written=0>>"
+
+
+def test_bytes_diff_keeps_long_diffs_short() -> None:
+    expected = b"".join(b"line %d\n" % n for n in range(100))
+    message = bytes_diff(expected, b"")
+    assert message.splitlines()[-1] == "  ... and 88 more line(s)"
+    assert len(message.splitlines()) == 4 + 12 + 1

@@ -114,25 +114,15 @@ def test_environment_is_scrubbed_and_results_path_is_hidden(
 
 def test_hidden_cells_are_not_readable_while_learner_code_runs() -> None:
     # The learner cell drains every descriptor it can find, lists its directory and searches
-    # the local variables of every frame on its stack (where the grader keeps what it was sent).
+    # every object in the interpreter for cell sources (the grader's cells, dicts in lists).
     snoop = (
-        "import os, sys\n"
-        "def strings(value, depth=0):\n"
-        "    if isinstance(value, str):\n"
-        "        yield value\n"
-        "    elif depth < 3 and isinstance(value, (list, tuple)):\n"
-        "        for item in value:\n"
-        "            yield from strings(item, depth + 1)\n"
-        "    elif depth < 3 and isinstance(value, dict):\n"
-        "        for item in list(value.values()):\n"
-        "            yield from strings(item, depth + 1)\n"
-        "    elif depth < 3 and hasattr(value, '__dataclass_fields__'):\n"
-        "        yield from strings(vars(value), depth + 1)\n"
+        "import gc, os\n"
         "seen = []\n"
-        "frame = sys._getframe().f_back\n"
-        "while frame is not None:\n"
-        "    seen += strings(dict(frame.f_locals))\n"
-        "    frame = frame.f_back\n"
+        "for o in gc.get_objects():\n"
+        "    if 'source' in getattr(type(o), '__dataclass_fields__', ()):\n"
+        "        seen.append(o.source)\n"
+        "    elif isinstance(o, list):\n"
+        "        seen += [str(x.get('source')) for x in o if isinstance(x, dict)]\n"
         "for fd in range(0, 64):\n"
         "    try:\n"
         "        os.set_blocking(fd, False)\n"

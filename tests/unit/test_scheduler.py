@@ -60,6 +60,39 @@ async def test_one_sleep0_is_not_enough_for_the_same_chain() -> None:
 
 
 @virtual
+async def test_run_until_idle_waits_for_plain_callback_chains_too() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def bounce(left: int) -> None:
+        if left:
+            loop.call_soon(bounce, left - 1)
+        else:
+            done.set_result(50)
+
+    async def wait_for_the_chain() -> int:
+        return await done
+
+    loop.call_soon(bounce, 50)
+    waiter = asyncio.create_task(wait_for_the_chain())  # a task woken at the end of the chain
+    await run_until_idle()
+    assert waiter.done()
+    assert waiter.result() == 50
+
+
+@virtual
+async def test_run_until_idle_returns_before_a_timer_due_a_nanosecond_later() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    loop.call_later(1e-9, lambda: fired.append(loop.time()))
+    await run_until_idle()
+    assert fired == []
+    assert loop.time() == 0.0
+    await labkit.advance(1e-9)
+    assert fired == [1e-9]
+
+
+@virtual
 async def test_run_until_idle_does_not_move_the_clock() -> None:
     loop = asyncio.get_running_loop()
     sleeper = asyncio.create_task(asyncio.sleep(10))

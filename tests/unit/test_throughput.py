@@ -163,6 +163,11 @@ def test_plot_draws_one_bar_per_loop() -> None:
     matplotlib.use("Agg")
     result = Throughput(items=100, repeats=2, samples={"a": (1.0, 3.0), "b": (2.0, 2.0)})
     ax = result.plot()
-    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["a", "b"]
-    assert [bar.get_height() for bar in ax.patches] == [2.0, 2.0]
-    assert ax.get_ylabel() == "items per second"
+    try:
+        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["a", "b"]
+        assert [bar.get_height() for bar in ax.patches] == [2.0, 2.0]
+        assert ax.get_ylabel() == "items per second"
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(ax.figure)  # pyplot keeps every figure it made; later tests expect none

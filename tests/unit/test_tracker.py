@@ -140,13 +140,32 @@ def test_tracking_never_keeps_a_resource_alive() -> None:
     assert "garbage-collected without release" in str(leak)
 
 
+def test_resource_in_a_reference_cycle_is_reported_once_collected() -> None:
+    tracker = ResourceTracker()
+    gc.disable()  # so the cycle lives until the collection below
+    try:
+        conn = tracker.acquired(Conn("cyclic"))
+        conn.me = conn  # type: ignore[attr-defined]
+        del conn
+        assert [leak.collected for leak in tracker.leaks()] == [False]
+    finally:
+        gc.enable()
+    gc.collect()
+    assert [(leak.resource, leak.collected) for leak in tracker.leaks()] == [
+        ("Conn('cyclic')", True)
+    ]
+
+
 def test_held_contains_len_and_clear() -> None:
     tracker = ResourceTracker()
     a, b = Conn("a"), Conn("b")
     tracker.acquired(a)
     tracker.acquired(b)
-    assert a in tracker and b in tracker and Conn("c") not in tracker
-    assert tracker.held == [a, b] and len(tracker) == 2
+    assert a in tracker
+    assert b in tracker
+    assert Conn("c") not in tracker
+    assert tracker.held == [a, b]
+    assert len(tracker) == 2
     tracker.released(a)
     assert tracker.held == [b]
     tracker.clear()
@@ -160,7 +179,8 @@ def test_acquiring_twice_needs_two_releases() -> None:
     tracker.acquired(conn)
     tracker.acquired(conn)
     tracker.released(conn)
-    assert conn in tracker and len(tracker) == 1
+    assert conn in tracker
+    assert len(tracker) == 1
     tracker.released(conn)
     tracker.assert_all_released()
 
@@ -258,10 +278,16 @@ def test_with_block_asserts_on_exit() -> None:
 
 @pytest.mark.asyncio
 async def test_async_with_block_does_not_mask_the_body_error() -> None:
-    with pytest.raises(KeyError) as caught:
-        async with ResourceTracker() as tracker:
-            conn = tracker.acquired(Conn("a"))
+    tracker = ResourceTracker()
+    conn = Conn("a")
+
+    async def body() -> None:
+        async with tracker:
+            tracker.acquired(conn)
             raise KeyError("body")
+
+    with pytest.raises(KeyError) as caught:
+        await body()
     assert any("found leaks" in note for note in caught.value.__notes__)
     assert conn in tracker
 

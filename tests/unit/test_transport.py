@@ -440,3 +440,47 @@ def test_no_warning_is_logged_by_a_clean_run(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.DEBUG, logger="asyncio"):
         asyncio.run(main())
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@both_loops
+async def test_a_bug_in_connection_lost_is_raised_by_wait_lost() -> None:
+    class Broken(Recorder):
+        def connection_lost(self, exc: Exception | None) -> None:
+            raise NotImplementedError("clean-up not written yet")
+
+    transport = MockTransport(Broken())
+    transport.close()
+    with pytest.raises(NotImplementedError, match="clean-up"):
+        await transport.wait_lost()
+    with pytest.raises(NotImplementedError):  # and again, for a later waiter
+        await transport.wait_lost()
+
+
+@both_loops
+async def test_a_bug_in_connection_lost_with_nobody_waiting_goes_to_the_loop() -> None:
+    class Broken(Recorder):
+        def connection_lost(self, exc: Exception | None) -> None:
+            raise ValueError("bug in clean-up")
+
+    reported: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
+    transport = MockTransport(Broken())
+    transport.abort()
+    await asyncio.sleep(0)
+    assert [type(ctx["exception"]) for ctx in reported] == [ValueError]
+    assert transport.lost
+
+
+@both_loops
+async def test_a_stream_reader_pauses_and_resumes_reading_through_the_transport() -> None:
+    """asyncio's StreamReader pauses the transport past 2 * limit and resumes it as it reads."""
+    reader = asyncio.StreamReader(limit=1000)
+    transport = MockTransport(asyncio.StreamReaderProtocol(reader))
+    payload = bytes(range(256)) * 40  # 10 240 bytes
+    for start in range(0, len(payload), 1500):
+        transport.receive(payload[start : start + 1500])
+    assert not transport.is_reading()  # StreamReader buffer passed 2000 bytes
+    assert transport.events == ["pause_reading"]
+    assert await reader.readexactly(len(payload)) == payload
+    assert transport.events[:2] == ["pause_reading", "resume_reading"]
+    assert transport.is_reading()

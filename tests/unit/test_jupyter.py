@@ -1,0 +1,66 @@
+"""labkit.jupyter: the notebook's pytest plugin keeps reports free of what changes per run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from labkit.jupyter import PYTEST_ARGS, clean_text
+
+pytest_plugins = ["pytester"]
+
+QUIET = ("-q", "--color=no", "-o", "asyncio_default_fixture_loop_scope=function")
+TIMED_SUMMARY = re.compile(r"\d+ (passed|failed)[^\n]* in \d+\.\d+s")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("/tmp/ipykernel_4242/1234567.py:5: AssertionError", "<cell>:5: AssertionError"),
+        ("waiting at 3109437223.py:8 in test_x", "waiting at <cell>:8 in test_x"),
+        ("<object object at 0x7f3a2b1c>", "<object object>"),
+        ("task 'Task-12' running main()", "task 'Task-N' running main()"),
+        (
+            "notebooks/t_0123456789abcdef0123456789abcdef.py::test_x",
+            "notebooks/notebook.py::test_x",
+        ),
+        (
+            "cb=[f() at /root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/base_events.py:180]",
+            "cb=[f() at base_events.py:180]",
+        ),
+        ("\x1b[31mE   assert 1 == 2\x1b[0m", "E   assert 1 == 2"),
+    ],
+)
+def test_clean_text_removes_what_changes_between_runs(raw: str, clean: str) -> None:
+    assert clean_text(raw) == clean
+
+
+def test_the_plugin_drops_the_duration_from_the_summary(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_one():
+            assert 1 == 1
+
+        def test_two():
+            assert [object()] == []
+        """
+    )
+    result = pytester.runpytest_inprocess(*QUIET, "-p", "labkit.jupyter")
+    text = result.stdout.str()
+    assert result.ret == 1
+    assert text.rstrip().endswith("1 failed, 1 passed")
+    assert not TIMED_SUMMARY.search(text)
+    assert " at 0x" not in text
+
+
+def test_without_the_plugin_pytest_prints_a_duration(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_one():\n    pass\n")
+    result = pytester.runpytest_inprocess(*QUIET)
+    assert TIMED_SUMMARY.search(result.stdout.str())
+
+
+def test_the_notebook_arguments_set_the_loop_scope_and_run_quietly() -> None:
+    assert "asyncio_default_fixture_loop_scope=function" in PYTEST_ARGS
+    assert "labkit.jupyter" in PYTEST_ARGS
+    assert "--color=no" in PYTEST_ARGS
