@@ -35,6 +35,10 @@ PYTEST_ARGS: tuple[str, ...] = (
     "-rN",
     "-o",
     "console_output_style=classic",
+    # Full assertion diffs always: pytest otherwise shortens them unless $CI is set, and stored
+    # outputs would differ between a laptop and CI.
+    "-o",
+    "verbosity_assertions=2",
     "-p",
     "no:cacheprovider",
     "-p",

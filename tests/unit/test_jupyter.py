@@ -64,3 +64,18 @@ def test_the_notebook_arguments_set_the_loop_scope_and_run_quietly() -> None:
     assert "asyncio_default_fixture_loop_scope=function" in PYTEST_ARGS
     assert "labkit.jupyter" in PYTEST_ARGS
     assert "--color=no" in PYTEST_ARGS
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_a_failed_comparison_reads_the_same_on_ci_and_off(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    # pytest shortens assertion diffs unless $CI is set; stored notebook outputs must not care.
+    pytester.makepyfile("def test_names():\n    assert ['ticker'] == []\n")
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    result = pytester.runpytest_inprocess(*PYTEST_ARGS)
+    text = result.stdout.str()
+    assert "Use -v to get more diff" not in text
+    assert "Full diff:" in text
+    assert "+     'ticker'," in text
