@@ -58,7 +58,9 @@ class MockAsyncIterator(collections.abc.AsyncGenerator[_T, Any], Generic[_T]):
     ) -> None:
         self._items: Iterator[_T] = iter(items)
         self._delays = _check_delays(delay)
-        if fail_at is not None and (not isinstance(fail_at, int) or fail_at < 0):
+        if fail_at is not None and (
+            not isinstance(fail_at, int) or isinstance(fail_at, bool) or fail_at < 0
+        ):
             raise ValueError(
                 f"fail_at must be an item position >= 0 (0 fails before the first item), "
                 f"got {fail_at!r}"
@@ -242,7 +244,12 @@ def _is_error(error: object) -> bool:
 
 
 def _check_delays(delay: float | Sequence[float]) -> float | tuple[float, ...]:
-    values = (delay,) if isinstance(delay, (int, float)) else tuple(delay)
+    if isinstance(delay, (int, float)):
+        values: tuple[object, ...] = (delay,)
+    elif isinstance(delay, collections.abc.Iterable) and not isinstance(delay, (str, bytes)):
+        values = tuple(delay)
+    else:
+        values = (delay,)  # refused below, with the message that names the fix
     for value in values:
         if (
             not isinstance(value, (int, float))
@@ -256,4 +263,4 @@ def _check_delays(delay: float | Sequence[float]) -> float | tuple[float, ...]:
             )
     if isinstance(delay, (int, float)):
         return float(delay)
-    return tuple(float(v) for v in values)
+    return tuple(float(v) for v in values if isinstance(v, (int, float)))

@@ -290,8 +290,14 @@ async def _settle(*, any_loop: bool = False) -> None:
 def _not_blocked_message(task: asyncio.Future[Any], at: str | None, when: str) -> str:
     name = _name(task)
     if not task.done() and is_blocked(task) and at is not None:
-        return f"{name} is blocked {when}, but not in {at!r}: it waits at {suspended_at(task)}"
+        return f"{name} is blocked {when}, but not in {at!r}: it {_place(task, 'waits')}"
     return f"{name} is not blocked {when}: it {_state(task)}"
+
+
+def _place(task: asyncio.Future[Any], verb: str) -> str:
+    """``waits at app.py:3 in f: ...``, or ``waits in asyncio Queue.put`` with no frame of ours."""
+    where = suspended_at(task)
+    return f"{verb} {where}" if where.startswith("in asyncio ") else f"{verb} at {where}"
 
 
 def _ending(task: asyncio.Future[Any]) -> str:
@@ -307,8 +313,8 @@ def _state(task: asyncio.Future[Any]) -> str:
     if task.done():
         return _ending(task)
     if not is_blocked(task):
-        return f"is ready to run (not waiting) at {suspended_at(task)}"
-    return f"waits at {suspended_at(task)}"
+        return _place(task, "is ready to run (not waiting)")
+    return _place(task, "waits")
 
 
 def _name(task: asyncio.Future[Any]) -> str:

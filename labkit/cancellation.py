@@ -494,6 +494,12 @@ async def _sweep(
     factory: Factory, mode: _Mode, check: Check | None, limit: float, raise_on_failure: bool
 ) -> CancelSweep:
     _validate(factory, limit)
+    if check is not None and not callable(check):
+        raise TypeError(
+            f"check must be a function the sweep calls after each run, got "
+            f"{type(check).__name__} {_short(check)}: pass e.g. `check=queue.empty`, not "
+            "`check=queue.empty()`"
+        )
     loop = asyncio.get_running_loop()
     if isinstance(loop, VirtualTimeLoop) and not loop.autojump:
         raise RuntimeError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -137,6 +138,16 @@ def _check_body(body: Body) -> None:
         raise TypeError(f"explore() needs an async function taking no arguments, got {body!r}")
 
 
+def _check_jitter(jitter: object) -> None:
+    if (
+        not isinstance(jitter, (int, float))
+        or isinstance(jitter, bool)
+        or not math.isfinite(jitter)
+        or jitter < 0
+    ):
+        raise ValueError(f"jitter must be a finite number of seconds >= 0, got {jitter!r}")
+
+
 def _coroutine(body: Body) -> Coroutine[Any, Any, Any]:
     _check_body(body)
     awaitable = body()
@@ -210,8 +221,12 @@ def _off_the_running_loop(function: Callable[[], Any]) -> Any:
         return pool.submit(function).result()
 
 
+def _name(body: Body) -> str:
+    return getattr(body, "__name__", "body")
+
+
 def _replay_hint(body: Body, seed: int | None, strategy: Strategy, jitter: float) -> str:
-    name = getattr(body, "__name__", "body")
+    name = _name(body)
     if seed is None:
         return f"labkit.record({name})   (it fails in asyncio's own order)"
     extra = f", jitter={jitter!r}" if jitter else ""
@@ -222,11 +237,16 @@ def _calibrate(
     body: Body,
     strategy: Strategy,
     options: dict[str, Any],
-    hint: Callable[[Run, Strategy], str],
+    hint: Callable[[Run, Strategy], str] | None,
 ) -> None:
+    """Measure the body in asyncio's own order; a failure there is raised unless ``hint`` is None.
+
+    replay() passes None: it must run the seed it was given, and the size of a failing run in
+    asyncio's order is as deterministic as that of a passing one.
+    """
     fifo = FIFO()
     run = _run_one(body, fifo.chooser(0), strategy=fifo, **options)
-    if run.failed:
+    if run.failed and hint is not None:
         run.seed = None
         raise ExplorationFailure(run, runs=1, strategy=fifo, replay_hint=hint(run, fifo)) from (
             run.error
@@ -268,8 +288,7 @@ def explore(
     _check_body(body)
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
         raise ValueError(f"runs must be a positive number of runs, got {runs!r}")
-    if not isinstance(jitter, (int, float)) or jitter < 0:
-        raise ValueError(f"jitter must be a number of seconds >= 0, got {jitter!r}")
+    _check_jitter(jitter)
     base = random.SystemRandom().randrange(2**32) if seed is None else int(seed)
     options: dict[str, Any] = {
         "jitter": jitter,
@@ -335,8 +354,14 @@ def replay(
     """
     chosen = strategy_from(strategy)
     _check_body(body)
+    if seed is None:
+        raise TypeError(
+            "replay() got seed=None: a failure without a seed happens in asyncio's own order, "
+            f"so there is no schedule to replay; run it with labkit.record({_name(body)})"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"replay() needs the integer seed from the failure report, got {seed!r}")
+    _check_jitter(jitter)
     options: dict[str, Any] = {
         "jitter": jitter,
         "loop_factory": loop_factory,
@@ -351,7 +376,7 @@ def replay(
     def go() -> Run:
         __tracebackhide__ = True
         if chosen.needs_calibration:
-            _calibrate(body, chosen, options, hint)
+            _calibrate(body, chosen, options, None)
         chooser = chosen.chooser(seed)
         run = _run_one(body, chooser, strategy=chosen, **options)
         run.seed = seed

@@ -241,8 +241,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self.run_until_complete(self._advance_by(seconds))
 
     async def _advance_by(self, seconds: float) -> None:
-        if not isinstance(seconds, (int, float)) or math.isnan(seconds) or seconds < 0:
+        if (
+            not isinstance(seconds, (int, float))
+            or isinstance(seconds, bool)
+            or math.isnan(seconds)
+            or seconds < 0
+        ):
             raise ValueError(f"advance() needs a number of seconds >= 0, got {seconds!r}")
+        if math.isinf(seconds):
+            raise ValueError(
+                "advance() needs a finite number of seconds, got inf: the clock would pass "
+                "every timer and never move again; advance by the time the test needs"
+            )
         if self._vt_advance_waiter is not None:
             raise RuntimeError("another advance() is already in progress on this loop")
         waiter: asyncio.Future[None] = self.create_future()

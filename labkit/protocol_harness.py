@@ -31,6 +31,7 @@ class ProtocolHarness(Generic[_P]):
         harness = ProtocolHarness(LineEchoProtocol())
         harness.feed(b"HELLO\\nWORLD\\n", size=1)        # one byte per data_received
         harness.assert_written(b"hello\\nworld\\n")
+        assert harness.read() == b"hello\\nworld\\n"    # close() waits until the peer read it
         harness.feed_eof()
         assert await harness.wait_closed() is None
     """
@@ -108,8 +109,9 @@ class ProtocolHarness(Generic[_P]):
     async def read_slowly(self, nbytes: int, *, chunk: int, interval: float) -> bytes:
         """Read ``nbytes`` as a slow peer: ``chunk`` bytes every ``interval`` seconds.
 
-        Returns early with what it got if the transport closes first. On labkit's virtual
-        loop the waiting costs no real time.
+        Returns early with what it got if the transport closes first, or once the protocol
+        has half-closed (``write_eof()``) and everything was read. On labkit's virtual loop
+        the waiting costs no real time.
 
         Example::
 
@@ -124,6 +126,8 @@ class ProtocolHarness(Generic[_P]):
         while len(received) < nbytes:
             if not self.transport.get_write_buffer_size():
                 if self.transport.is_closing() or self.transport.lost:
+                    break
+                if self.transport.eof_written:  # the peer reads EOF: nothing more will come
                     break
                 await self.transport.wait_written()
                 if not self.transport.get_write_buffer_size():

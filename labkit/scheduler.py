@@ -499,7 +499,9 @@ class Stepper:
     """Runs coroutines one scheduling round at a time; made by :func:`step_through`.
 
     Iterate it (``async for rnd in stepper``) to look at the state between rounds, or await it
-    to run every round; either way :attr:`tasks` holds the tasks.
+    to run every round; either way :attr:`tasks` holds the tasks. Leaving the loop early
+    (``break``) hands the loop back once the stepper is dropped; a stepper kept in a variable
+    does so at ``await stepper.aclose()`` (or ``async with contextlib.aclosing(stepper):``).
 
     Example::
 
@@ -517,6 +519,8 @@ class Stepper:
         self._limit = steps
         self._recorder = _Recorder()
         self._control: _Control | None = None
+        self._release: weakref.finalize[[], Stepper] | None = None
+        self._closed = False
         self._mark = 0
         self.rounds = 0
         """How many rounds have run."""
@@ -534,10 +538,12 @@ class Stepper:
     async def __anext__(self) -> Round:
         loop = _virtual_loop("labkit.step_through()")
         if self._control is None:
-            if self.tasks:
+            if self.tasks or self._closed:
                 raise StopAsyncIteration
             self._control = _Control(loop, self._recorder, exempt=asyncio.current_task())
             self._control.install()
+            # A stepper dropped mid-way (``break``) must not keep holding the loop's wake-ups.
+            self._release = weakref.finalize(self, self._control.uninstall)
             self.tasks = tuple(self._start(loop))
         control = self._control
         if self.rounds >= self._limit or all(task.done() for task in self.tasks):
@@ -577,8 +583,19 @@ class Stepper:
 
     def _finish(self) -> None:
         control, self._control = self._control, None
+        release, self._release = self._release, None
+        if release is not None:
+            release.detach()
         if control is not None:
             control.uninstall()
+
+    async def aclose(self) -> None:
+        """Stop stepping: unfinished tasks are left running, in asyncio's own order again."""
+        if self._control is None and not self.tasks and not self._closed:
+            for coro in self._coros:  # never started: do not leave them un-awaited
+                coro.close()
+        self._closed = True
+        self._finish()
 
     async def _run_all(self) -> tuple[asyncio.Task[Any], ...]:
         async for _ in self:

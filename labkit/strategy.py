@@ -169,13 +169,15 @@ class PCT(Strategy):
         self.depth = depth
         self.steps = steps
         self.tasks: int | None = None
+        # Measured steps belong to one body: a PCT object reused for another body measures again.
+        self._measure_steps = steps is None
 
     @property
     def needs_calibration(self) -> bool:
-        return self.steps is None
+        return self._measure_steps
 
     def calibrate(self, steps: int, tasks: int) -> None:
-        if self.steps is None:
+        if self._measure_steps:
             self.steps = max(steps, 1)
         self.tasks = tasks
 

@@ -164,13 +164,6 @@ def measure_throughput(
         print(result.table())
         result.plot()
     """
-    factories = _factories(loops)
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a whole number >= 0, got {warmup!r}")
-    if items is not None and (not isinstance(items, int) or items < 1):
-        raise ValueError(f"items must be a whole number >= 1, got {items!r}")
     if asyncio.iscoroutine(workload) or not callable(workload):
         if asyncio.iscoroutine(workload):
             workload.close()
@@ -178,6 +171,13 @@ def measure_throughput(
             "measure_throughput() runs the workload many times, so it needs the async function "
             "itself (`measure_throughput(pipeline)`), not a coroutine (`pipeline()`)"
         )
+    factories = _factories(loops)
+    if not _whole(repeats) or repeats < 1:
+        raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
+    if not _whole(warmup) or warmup < 0:
+        raise ValueError(f"warmup must be a whole number >= 0, got {warmup!r}")
+    if items is not None and (not _whole(items) or items < 1):
+        raise ValueError(f"items must be a whole number >= 1, got {items!r}")
 
     def measure() -> Throughput:
         return _measure(workload, factories, repeats, warmup, items, timer)
@@ -190,11 +190,21 @@ def measure_throughput(
         return pool.submit(measure).result()
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _factories(loops: Iterable[str] | Mapping[str, LoopFactory]) -> dict[str, LoopFactory]:
     if isinstance(loops, str):
         raise TypeError(f"loops must be a sequence of names, e.g. ({loops!r},), not a string")
     if isinstance(loops, Mapping):
         chosen = dict(loops)
+        for name, factory in chosen.items():
+            if not callable(factory):
+                raise TypeError(
+                    f"loops[{name!r}] must be a loop factory (a callable returning a new event "
+                    f"loop, e.g. asyncio.new_event_loop), got {type(factory).__name__}"
+                )
     else:
         from labkit.plugin import loop_factories
 

@@ -181,6 +181,7 @@ class _Held:
     ref: weakref.ref[Any]
     description: str
     stacks: list[tuple[_Raw, ...]]
+    key: int
 
 
 class ResourceTracker:
@@ -205,8 +206,11 @@ class ResourceTracker:
             raise ValueError(f"depth must be a number of stack frames >= 1, got {depth!r}")
         self.depth = depth
         self._lock = threading.Lock()
-        self._dead: list[weakref.ref[Any]] = []
-        self._held: dict[weakref.ref[Any], _Held] = {}
+        self._dead: list[int] = []
+        # Keyed by id() but checked by identity through the weak reference: a weakref compares
+        # and hashes like its referent, which would merge equal resources (and fail on
+        # unhashable ones, such as a plain dataclass).
+        self._held: dict[int, _Held] = {}
         self._collected: list[Leak] = []
         self._problems: list[str] = []
         self._acquisitions = 0
@@ -238,8 +242,9 @@ class ResourceTracker:
         self._release(resource, _raw_stack(sys._getframe(1), self.depth))
 
     def _acquire(self, resource: _R, raw: tuple[_Raw, ...]) -> _R:
+        key = id(resource)
         try:
-            probe = weakref.ref(resource)
+            ref = weakref.ref(resource, functools.partial(self._on_collected, key))
         except TypeError:
             raise TypeError(
                 f"ResourceTracker holds resources by weak reference and a "
@@ -249,22 +254,28 @@ class ResourceTracker:
         with self._lock:
             self._reap()
             self._acquisitions += 1
-            held = self._held.get(probe)
+            held = self._find(resource)
             if held is None:
-                ref = weakref.ref(resource, self._on_collected)
-                held = _Held(ref, _describe(resource), [])
-                self._held[ref] = held
+                held = _Held(ref, _describe(resource), [], key)
+                self._held[key] = held
             held.stacks.append(raw)
         return resource
 
+    def _find(self, resource: object) -> _Held | None:
+        """The record of this very object (call with the lock held)."""
+        held = self._held.get(id(resource))
+        if held is None:
+            return None
+        if held.ref() is not resource:
+            # A dead object's id, reused before its collection was filed: file it now.
+            self._file_collected(self._held.pop(held.key))
+            return None
+        return held
+
     def _release(self, resource: object, raw: tuple[_Raw, ...]) -> None:
-        try:
-            probe = weakref.ref(resource)
-        except TypeError:
-            probe = None
         with self._lock:
             self._reap()
-            held = self._held.get(probe) if probe is not None else None
+            held = self._find(resource)
             if held is None:
                 where = _format_stack(_locations(raw, self.depth), "      ")
                 self._problems.append(
@@ -275,21 +286,24 @@ class ResourceTracker:
             self._releases += 1
             held.stacks.pop()
             if not held.stacks:
-                del self._held[held.ref]
+                del self._held[held.key]
 
-    def _on_collected(self, ref: weakref.ref[Any]) -> None:
+    def _on_collected(self, key: int, _ref: weakref.ref[Any]) -> None:
         # Called by the garbage collector at any moment, possibly while this thread holds the
-        # lock: only queue the dead reference (list.append is atomic); _reap() files it.
-        self._dead.append(ref)
+        # lock: only queue the dead object's key (list.append is atomic); _reap() files it.
+        self._dead.append(key)
 
     def _reap(self) -> None:
         """File resources collected without release as leaks (call with the lock held)."""
         while self._dead:
-            held = self._held.pop(self._dead.pop(0), None)
-            if held is not None:
-                for raw in held.stacks:
-                    leak = Leak(held.description, True, _locations(raw, self.depth))
-                    self._collected.append(leak)
+            key = self._dead.pop(0)
+            held = self._held.get(key)
+            if held is not None and held.ref() is None:
+                self._file_collected(self._held.pop(key))
+
+    def _file_collected(self, held: _Held) -> None:
+        for raw in held.stacks:
+            self._collected.append(Leak(held.description, True, _locations(raw, self.depth)))
 
     # -- decorators ---------------------------------------------------------------------------
 
@@ -384,17 +398,13 @@ class ResourceTracker:
         """The resources currently held (alive, acquired more often than released)."""
         with self._lock:
             self._reap()
-            refs = list(self._held)
+            refs = [held.ref for held in self._held.values()]
         return [obj for obj in (ref() for ref in refs) if obj is not None]
 
     def __contains__(self, resource: object) -> bool:
-        try:
-            probe = weakref.ref(resource)
-        except TypeError:
-            return False
         with self._lock:
             self._reap()
-            return probe in self._held
+            return self._find(resource) is not None
 
     def __len__(self) -> int:
         """How many acquisitions are still open, including resources collected unreleased."""

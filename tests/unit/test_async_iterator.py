@@ -262,6 +262,8 @@ async def test_aclose_during_a_delay_ends_the_stream_after_the_wait() -> None:
         ({"delay": -1}, "delay must be"),
         ({"delay": [1.0, float("nan")]}, "delay must be"),
         ({"fail_at": -1}, "fail_at must be"),
+        ({"fail_at": True}, "fail_at must be"),
+        ({"delay": None}, "delay must be"),
         ({"error": "boom"}, "error must be an exception"),
     ],
 )

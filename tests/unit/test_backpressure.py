@@ -239,6 +239,18 @@ async def test_bad_input_is_refused_with_the_fix() -> None:
         await blocked.assert_advanced(1)
 
 
+@VIRTUAL
+async def test_blocked_elsewhere_names_the_place_in_plain_words() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)
+    with pytest.raises(AssertionError) as caught:
+        await labkit.assert_blocks(queue.put(1), at="get")
+    assert str(caught.value) == (
+        "task 'assert_blocks' is blocked once the loop settled, but not in 'get': "
+        "it waits in asyncio Queue.put"
+    )
+
+
 def test_counting_queue_counts_every_item() -> None:
     async def main() -> tuple[int, int]:
         queue: labkit.CountingQueue[str] = labkit.CountingQueue(maxsize=2)

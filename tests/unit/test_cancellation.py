@@ -387,6 +387,17 @@ async def test_bad_factories_are_refused_with_the_fix() -> None:
         await labkit.cancel_at_every_await(lambda: use_pool(Pool()), limit=0)
 
 
+@VIRTUAL
+async def test_a_check_that_is_not_callable_is_refused_with_the_fix() -> None:
+    """check=queue.empty() passes a bool: every row used to fail with "check raised TypeError"."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    with pytest.raises(TypeError, match=r"check must be a function.*not `check=queue\.empty\(\)`"):
+        await labkit.cancel_at_every_await(
+            lambda: use_pool(Pool()),
+            check=queue.empty(),  # type: ignore[arg-type]
+        )
+
+
 def test_a_manual_clock_is_refused() -> None:
     loop = labkit.VirtualTimeLoop(autojump=False)
     try:

@@ -468,3 +468,59 @@ def test_the_marker_passes_fixtures_and_the_clock_marker(pytester: pytest.Pytest
     assert code == 1, output
     assert "1 failed, 1 passed" in output
     assert "labkit_explore takes keyword arguments only" in output
+
+
+def test_replay_with_check_false_returns_a_run_of_a_body_failing_in_asyncio_own_order() -> None:
+    """replay() runs the seed it was given; its calibration run failing must not raise."""
+
+    async def body() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("always broken")
+
+    run = labkit.replay(body, seed=3, strategy="pct", check=False)
+    assert run.failed
+    assert run.seed == 3
+    assert isinstance(run.error, ValueError)
+    with pytest.raises(ExplorationFailure, match="seed 3"):
+        labkit.replay(body, seed=3, strategy="pct")
+
+
+def test_replay_of_a_seedless_failure_names_record() -> None:
+    async def body() -> None:
+        raise ValueError("always broken")
+
+    with pytest.raises(ExplorationFailure) as caught:
+        labkit.explore(body)
+    with pytest.raises(TypeError, match=r"asyncio's own order.*labkit\.record\(body\)"):
+        labkit.replay(body, seed=caught.value.seed)  # type: ignore[arg-type]
+
+
+def test_a_reused_pct_strategy_measures_each_body_again() -> None:
+    async def short() -> None:
+        await asyncio.gather(asyncio.sleep(0), asyncio.sleep(0))
+
+    async def long() -> None:
+        async def worker() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        await asyncio.gather(worker(), worker())
+
+    shared = PCT(depth=2)
+    labkit.explore(short, runs=1, strategy=shared)
+    assert labkit.explore(long, runs=1, strategy=shared).strategy.describe() == (
+        labkit.explore(long, runs=1, strategy=PCT(depth=2)).strategy.describe()
+    )
+    fixed = PCT(depth=2, steps=5)
+    labkit.explore(long, runs=1, strategy=fixed)
+    assert fixed.steps == 5
+
+
+@pytest.mark.parametrize("bad", [float("nan"), True])
+def test_jitter_must_be_finite(bad: float) -> None:
+    """nan was accepted silently (and inf, not tried here, hung the run: timers at t=inf)."""
+    body = snapshot_race(fixed=True)
+    with pytest.raises(ValueError, match="jitter must be a finite number of seconds"):
+        labkit.explore(body, runs=1, jitter=bad)
+    with pytest.raises(ValueError, match="jitter must be a finite number of seconds"):
+        labkit.replay(body, 0, jitter=bad)

@@ -253,10 +253,17 @@ def test_advance_while_the_loop_runs_names_the_async_form(loop: VirtualTimeLoop)
         loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), "10"])
+@pytest.mark.parametrize("bad", [-1, float("nan"), "10", True])
 def test_advance_rejects_bad_seconds(manual_loop: VirtualTimeLoop, bad: Any) -> None:
     with pytest.raises(ValueError, match=r"advance\(\) needs a number of seconds >= 0"):
         manual_loop.advance(bad)
+    assert manual_loop.time() == 0.0
+
+
+def test_advance_refuses_infinity(manual_loop: VirtualTimeLoop) -> None:
+    """advance(inf) used to set the clock to inf, after which no timer could ever be ordered."""
+    with pytest.raises(ValueError, match=r"advance\(\) needs a finite number of seconds"):
+        manual_loop.advance(float("inf"))
     assert manual_loop.time() == 0.0
 
 

@@ -289,3 +289,27 @@ def test_bytes_diff_keeps_long_diffs_short() -> None:
     message = bytes_diff(expected, b"")
     assert message.splitlines()[-1] == "  ... and 88 more line(s)"
     assert len(message.splitlines()) == 4 + 12 + 1
+
+
+class WritesThenHalfCloses(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"bye")
+        transport.write_eof()
+
+
+@both_loops
+async def test_read_slowly_stops_at_the_protocols_eof() -> None:
+    harness = ProtocolHarness(WritesThenHalfCloses())
+    real_wait = harness.transport.wait_written
+    calls = 0
+
+    async def counted_wait() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 100:  # the old code spun here for ever without yielding to the loop
+            raise AssertionError("read_slowly() keeps waiting after the protocol's EOF")
+        await real_wait()
+
+    harness.transport.wait_written = counted_wait  # type: ignore[method-assign]
+    assert await harness.read_slowly(100, chunk=2, interval=0) == b"bye"

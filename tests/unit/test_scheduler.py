@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -343,3 +344,36 @@ async def test_step_through_rejects_bad_input() -> None:
         step_through(coro, other, names=["one"])
     other.close()
     await step_through(coro, names=["w"])
+
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_breaking_out_of_step_through_hands_the_loop_back() -> None:
+    async def worker() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async for _ in labkit.step_through(worker(), worker()):
+        break
+    async with labkit.Scheduler() as scheduler:  # used to fail: "already under a scheduler"
+        await scheduler.run_until_idle()
+
+    stepper = labkit.step_through(worker(), names=["kept"])
+    async for _ in stepper:
+        break
+    await stepper.aclose()
+    await labkit.step_through(worker())
+    [kept] = stepper.tasks
+    await kept
+    assert [r async for r in stepper] == []
+
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_closing_a_stepper_that_never_ran_closes_its_coroutines() -> None:
+    async def worker() -> None:
+        await asyncio.sleep(0)
+
+    coro = worker()
+    stepper = labkit.step_through(coro)
+    await stepper.aclose()
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"
+    assert [r async for r in stepper] == []

@@ -132,6 +132,10 @@ def test_bad_input_is_refused_with_the_fix() -> None:
         labkit.measure_throughput(pipeline, loops=())
     with pytest.raises(TypeError, match=r"not a coroutine \(`pipeline\(\)`\)"):
         labkit.measure_throughput(pipeline())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="repeats must be a whole number >= 1, got True"):
+        labkit.measure_throughput(pipeline, repeats=True)
+    with pytest.raises(TypeError, match=r"loops\['mine'\] must be a loop factory"):
+        labkit.measure_throughput(pipeline, loops={"mine": 5})  # type: ignore[dict-item]
     result = Throughput(items=1, repeats=1, samples={"asyncio": (1.0,)})
     with pytest.raises(KeyError, match="this result measured asyncio"):
         result.median("uvloop")

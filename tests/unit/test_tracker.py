@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import weakref
 
@@ -183,6 +184,42 @@ def test_acquiring_twice_needs_two_releases() -> None:
     assert len(tracker) == 1
     tracker.released(conn)
     tracker.assert_all_released()
+
+
+def test_unhashable_resources_are_tracked() -> None:
+    """A plain dataclass has __eq__ and so no __hash__: tracking it must not need one."""
+
+    @dataclasses.dataclass
+    class Record:
+        name: str
+
+    tracker = ResourceTracker()
+    record = tracker.acquired(Record("db"))
+    assert record in tracker
+    tracker.released(record)
+    tracker.assert_all_released()
+
+
+def test_equal_resources_are_distinct_resources() -> None:
+    """Two connections that compare equal are still two acquisitions of two objects."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Endpoint:
+        name: str
+
+    tracker = ResourceTracker()
+    first = tracker.acquired(Endpoint("db"))
+    second = tracker.acquired(Endpoint("db"))
+    tracker.released(first)
+    del first
+    gc.collect()
+    assert second in tracker
+    assert Endpoint("db") not in tracker
+    assert tracker.held == [second]
+    assert [leak.collected for leak in tracker.leaks()] == [False]
+    tracker.released(Endpoint("db"))  # an equal object that was never acquired
+    with pytest.raises(ResourceLeakError, match="released but is not held"):
+        tracker.assert_all_released()
 
 
 def test_double_release_is_a_reported_problem_not_an_exception_in_the_code() -> None:
