@@ -26,7 +26,12 @@ class MockAsyncIterator(collections.abc.AsyncGenerator[_T, Any], Generic[_T]):
     """An async-generator stand-in that yields ``items``, with delays and an injected failure.
 
     ``delay`` is the time to wait before each item: one number for all of them, or one per
-    item (a sequence). On labkit's virtual loop the waits cost no real time. ``fail_at=i``
+    item (a sequence). On labkit's virtual loop the waits cost no real time. The wait is
+    ``await asyncio.sleep(delay)`` even when the delay is 0, so every item is a suspension
+    point, and so is the step that finds the end: the consumer yields to the loop at each
+    step, as with a real stream, and other tasks run in between. An async generator over a
+    list never suspends. That matters to tests that count awaits: the cancellation sweep finds
+    ``n + 1`` points in ``n`` items here, and none with a list-backed generator. ``fail_at=i``
     raises ``error`` instead of yielding item ``i``; ``error`` alone (without ``fail_at``)
     is raised after the last item, as a stream that breaks instead of ending cleanly.
     ``items`` is consumed lazily, so an endless iterator (``itertools.count()``) is fine.

@@ -98,13 +98,16 @@ def is_blocked(task: asyncio.Future[Any], *, at: str | None = None) -> bool:
 def suspended_at(task: asyncio.Future[Any]) -> str:
     """Where a task is suspended, innermost frame of its own code first, as readable text.
 
+    A task that is done says so instead: ``not suspended: finished (returned None)``,
+    ``not suspended: finished (raised ValueError('x'))`` or ``not suspended: cancelled``.
+
     Example::
 
         print(labkit.suspended_at(producer))
         # produce.py:12 in produce: await queue.put(item) -> in asyncio Queue.put
     """
     if task.done():
-        return f"not suspended: it {_ending(task)}"
+        return f"not suspended: {_outcome(task)}"
     if not isinstance(task, asyncio.Task):
         return "waiting for a future to be resolved"
     frames = list(suspension_frames(task.get_coro()))
@@ -300,13 +303,21 @@ def _place(task: asyncio.Future[Any], verb: str) -> str:
     return f"{verb} {where}" if where.startswith("in asyncio ") else f"{verb} at {where}"
 
 
-def _ending(task: asyncio.Future[Any]) -> str:
+def _outcome(task: asyncio.Future[Any]) -> str:
+    """``cancelled``, ``finished (returned None)`` or ``finished (raised ValueError('x'))``."""
     if task.cancelled():
-        return "was cancelled"
+        return "cancelled"
     error = task.exception()
     if error is not None:
-        return f"already finished: raised {_short(error)}"
-    return f"already finished: returned {_short(task.result())}"
+        return f"finished (raised {_short(error)})"
+    return f"finished (returned {_short(task.result())})"
+
+
+def _ending(task: asyncio.Future[Any]) -> str:
+    """The outcome after "it": ``was cancelled`` or ``already finished (returned None)``."""
+    if task.cancelled():
+        return "was cancelled"
+    return f"already {_outcome(task)}"
 
 
 def _state(task: asyncio.Future[Any]) -> str:
@@ -343,12 +354,15 @@ def _describe(frame: types.FrameType) -> str:
 
 
 def _label_file(filename: str) -> str:
-    """A file's basename, or ``cell`` for code typed into a notebook cell (its name is random)."""
+    """A file's basename, or ``<cell>`` for code typed into a notebook cell (its name is random).
+
+    ``<cell>`` is what the trackers, task hygiene and the notebook's pytest reports print too.
+    """
     base = os.path.basename(filename)
     if filename.startswith("<ipython-input-") or _IPYTEST_MODULE.fullmatch(base):
-        return "cell"
+        return "<cell>"
     if os.path.basename(os.path.dirname(filename)).startswith("ipykernel_"):
-        return "cell"
+        return "<cell>"
     return base
 
 

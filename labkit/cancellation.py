@@ -51,6 +51,15 @@ Factory = Callable[[], Awaitable[Any]]
 Check = Callable[[], Any]
 _Mode = Literal["cancel", "timeout"]
 _AUTO_TASK_NAME = re.compile(r"Task-\d+")
+# The widest ``await`` column of the table; longer ``file:line  code`` cells end in "...".
+_AWAIT_WIDTH = 60
+_NEVER_SUSPENDED = (
+    "the target never suspended, so there was no await to cancel at: this sweep tested nothing",
+    "likely cause: its awaits return at once without waiting, as every call of a "
+    "unittest.mock.AsyncMock does, or it has no await at all",
+    "fix: give it fakes that really wait (`await asyncio.sleep(0)` is enough, and free on the "
+    "virtual loop), or pass min_points=0 if it is meant never to suspend",
+)
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,15 @@ class SweepPoint:
     ok: bool
     stack: tuple[str, ...] = ()
 
-    def row(self) -> str:
-        """The point as one line of the report's table."""
-        where = f"{self.where}  {self.code}" if self.code else self.where
-        return f"{self.k:>4}  {where:<52}  {self.outcome}"
+    @property
+    def cell(self) -> str:
+        """The ``await`` column: ``file:line`` of the await and its source line."""
+        return f"{self.where}  {self.code}" if self.code else self.where
+
+    def row(self, width: int = 52) -> str:
+        """The point as one line of the report's table, its ``await`` column ``width`` wide."""
+        cell = self.cell if len(self.cell) <= width else self.cell[: width - 3] + "..."
+        return f"{self.k:>4}  {cell:<{width}}  {self.outcome}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,8 @@ class CancelSweep:
     """The result of a sweep: one :class:`SweepPoint` per suspension point, plus the baseline.
 
     ``str(report)`` is the table; it is deterministic (file basenames and line numbers, task
-    names, no addresses or timings), so a notebook can print it.
+    names, no addresses or timings), so a notebook can print it. A sweep that found fewer
+    than ``min_points`` suspension points is not ok: it tested (almost) nothing.
 
     Example::
 
@@ -95,6 +110,7 @@ class CancelSweep:
     target: str
     mode: _Mode
     points: tuple[SweepPoint, ...] = field(default_factory=tuple)
+    min_points: int = 1
 
     @property
     def suspension_points(self) -> int:
@@ -108,18 +124,35 @@ class CancelSweep:
 
     @property
     def ok(self) -> bool:
-        """True when every row, the baseline included, is ``ok``."""
-        return not self.failures
+        """True when every row, the baseline included, is ``ok``, and enough points were swept."""
+        return not self.failures and not self.too_few_points
+
+    @property
+    def too_few_points(self) -> bool:
+        """True when the target suspended fewer than ``min_points`` times."""
+        return self.suspension_points < self.min_points
 
     def table(self) -> str:
         """The report as a text table: point k, the ``file:line`` of the await, the outcome."""
         verb = "cancel" if self.mode == "cancel" else "timeout"
         failing = len(self.failures)
-        head = (
-            f"{verb} sweep of {self.target}: {self.suspension_points} suspension point(s), "
-            f"{'all ok' if not failing else f'{failing} failing'}"
-        )
-        lines = [head]
+        found = self.suspension_points
+        if found == 0 and self.too_few_points:
+            verdict = "nothing tested"
+        elif self.too_few_points:
+            verdict = f"fewer than min_points={self.min_points}"
+            verdict += f", {failing} failing" if failing else ""
+        else:
+            verdict = "all ok" if not failing else f"{failing} failing"
+        lines = [f"{verb} sweep of {self.target}: {found} suspension point(s), {verdict}"]
+        if found == 0 and self.too_few_points:
+            lines.extend(_NEVER_SUSPENDED)
+        elif self.too_few_points:
+            lines.append(
+                f"the target suspended {found} time(s), fewer than min_points={self.min_points}: "
+                "some awaits returned at once without waiting (an AsyncMock, or a fake that "
+                "does not wait) and were not tested"
+            )
         first = next((point for point in self.points if not point.ok), None)
         repeated = first is not None and any(
             point.k > first.k and point.outcome == first.outcome for point in self.failures
@@ -129,15 +162,17 @@ class CancelSweep:
                 f"first failure: point {first.k} ({first.where}); later rows may inherit the "
                 "state it left behind"
             )
-        lines.append(f"{'k':>4}  {'await':<52}  outcome")
-        lines.extend(point.row() for point in self.points)
+        width = min(max((len(point.cell) for point in self.points), default=0), _AWAIT_WIDTH)
+        width = max(width, len("await"))
+        lines.append(f"{'k':>4}  {'await':<{width}}  outcome")
+        lines.extend(point.row(width) for point in self.points)
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
 
     def assert_ok(self) -> None:
-        """Raise :class:`CancelSweepError` (an AssertionError) with the table if a row failed."""
+        """Raise :class:`CancelSweepError` (an AssertionError) with the table unless ``ok``."""
         if not self.ok:
             raise CancelSweepError(self)
 
@@ -164,6 +199,7 @@ async def cancel_at_every_await(
     check: Check | None = None,
     limit: float = 600.0,
     raise_on_failure: bool = True,
+    min_points: int = 1,
 ) -> CancelSweep:
     """Cancel a fresh instance of the target at each of its suspension points in turn.
 
@@ -177,6 +213,12 @@ async def cancel_at_every_await(
     false; returns the :class:`CancelSweep` report either way. A target that fails on its own,
     in the baseline run without any cancellation, cannot be swept: its exception propagates.
 
+    A target that suspends fewer than ``min_points`` times (default 1) fails the sweep too: a
+    target that never suspends has nothing to cancel, so a sweep of it tests nothing. That is
+    what happens when its I/O is patched with ``unittest.mock.AsyncMock``, whose calls return
+    without ever waiting. Pass ``min_points=0`` for a target that is meant never to suspend,
+    or the number of awaits you expect, to catch fakes that stopped waiting.
+
     Example::
 
         @pytest.mark.asyncio(loop_factories=["virtual"])
@@ -186,7 +228,7 @@ async def cancel_at_every_await(
                 lambda: pool.run(job), check=lambda: pool.assert_all_free()
             )
     """
-    return await _sweep(factory, "cancel", check, limit, raise_on_failure)
+    return await _sweep(factory, "cancel", check, limit, raise_on_failure, min_points)
 
 
 async def timeout_at_every_await(
@@ -195,6 +237,7 @@ async def timeout_at_every_await(
     check: Check | None = None,
     limit: float = 600.0,
     raise_on_failure: bool = True,
+    min_points: int = 1,
 ) -> CancelSweep:
     """Like :func:`cancel_at_every_await`, with an ``asyncio.timeout`` expiring at each point.
 
@@ -206,7 +249,7 @@ async def timeout_at_every_await(
         report = await labkit.timeout_at_every_await(lambda: fetch(client), check=client.idle)
         print(report)
     """
-    return await _sweep(factory, "timeout", check, limit, raise_on_failure)
+    return await _sweep(factory, "timeout", check, limit, raise_on_failure, min_points)
 
 
 def run_cancel_sweep(
@@ -216,6 +259,7 @@ def run_cancel_sweep(
     timeout: bool = False,
     limit: float = 600.0,
     raise_on_failure: bool = True,
+    min_points: int = 1,
 ) -> CancelSweep:
     """Run the sweep from synchronous code, on a fresh virtual loop of its own.
 
@@ -232,7 +276,7 @@ def run_cancel_sweep(
 
     def main() -> CancelSweep:
         with asyncio.Runner(loop_factory=new_virtual_loop) as runner:
-            return runner.run(_sweep(factory, mode, check, limit, raise_on_failure))
+            return runner.run(_sweep(factory, mode, check, limit, raise_on_failure, min_points))
 
     try:
         asyncio.get_running_loop()
@@ -491,9 +535,18 @@ async def _run_once(
 
 
 async def _sweep(
-    factory: Factory, mode: _Mode, check: Check | None, limit: float, raise_on_failure: bool
+    factory: Factory,
+    mode: _Mode,
+    check: Check | None,
+    limit: float,
+    raise_on_failure: bool,
+    min_points: int,
 ) -> CancelSweep:
     _validate(factory, limit)
+    if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 0:
+        raise ValueError(
+            f"min_points must be a whole number of suspension points >= 0, got {min_points!r}"
+        )
     if check is not None and not callable(check):
         raise TypeError(
             f"check must be a function the sweep calls after each run, got "
@@ -511,7 +564,7 @@ async def _sweep(
     for k in range(1, count + 1):
         point, _, _ = await _run_once(factory, mode, check, k, limit)
         points.append(point)
-    report = CancelSweep(name, mode, tuple(points))
+    report = CancelSweep(name, mode, tuple(points), min_points)
     if raise_on_failure:
         report.assert_ok()
     return report

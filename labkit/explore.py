@@ -128,14 +128,15 @@ class Exploration:
         return head
 
 
-def _check_body(body: Body) -> None:
+def _check_body(body: Body, caller: str) -> None:
+    """Refuse a body that is not a function, naming the function that got it (``caller``)."""
     if asyncio.iscoroutine(body):
         raise TypeError(
-            "explore() needs the async function itself (explore(test_body)), not a coroutine "
-            "(explore(test_body())): each run calls it again"
+            f"{caller}() needs the async function itself ({caller}(test_body)), not a "
+            f"coroutine ({caller}(test_body())): it calls the function on a fresh loop of its own"
         )
     if not callable(body):
-        raise TypeError(f"explore() needs an async function taking no arguments, got {body!r}")
+        raise TypeError(f"{caller}() needs an async function taking no arguments, got {body!r}")
 
 
 def _check_jitter(jitter: object) -> None:
@@ -149,7 +150,6 @@ def _check_jitter(jitter: object) -> None:
 
 
 def _coroutine(body: Body) -> Coroutine[Any, Any, Any]:
-    _check_body(body)
     awaitable = body()
     if asyncio.iscoroutine(awaitable):
         return awaitable
@@ -178,10 +178,15 @@ def _run_one(
     if not isinstance(loop, VirtualTimeLoop):
         loop.close()
         raise TypeError(
-            "explore() runs on labkit's VirtualTimeLoop; loop_factory returned "
-            f"{type(loop).__module__}.{type(loop).__qualname__}"
+            "explore(), replay() and record() run on labkit's VirtualTimeLoop; loop_factory "
+            f"returned {type(loop).__module__}.{type(loop).__qualname__}: pass a factory of "
+            "virtual loops, e.g. functools.partial(labkit.new_virtual_loop, autojump=False)"
         )
-    coro = _coroutine(body)
+    try:
+        coro = _coroutine(body)
+    except BaseException:
+        loop.close()
+        raise
     window = float(jitter)
     control = _Control(
         loop,
@@ -285,7 +290,7 @@ def explore(
         labkit.replay(two_deposits, seed=3)       # the same failure, every time
     """
     chosen = strategy_from(strategy)
-    _check_body(body)
+    _check_body(body, "explore")
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
         raise ValueError(f"runs must be a positive number of runs, got {runs!r}")
     _check_jitter(jitter)
@@ -353,7 +358,7 @@ def replay(
         run.trace.plot()
     """
     chosen = strategy_from(strategy)
-    _check_body(body)
+    _check_body(body, "replay")
     if seed is None:
         raise TypeError(
             "replay() got seed=None: a failure without a seed happens in asyncio's own order, "
@@ -402,6 +407,7 @@ def record(
         run = labkit.record(two_deposits)
         print(run.trace)        # who ran at each step, woken by what, suspended where
     """
+    _check_body(body, "record")
     fifo = FIFO()
 
     def go() -> Run:

@@ -44,7 +44,7 @@ def fragment(
         )
     data = bytes(data)
     if size is not None:
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be an int >= 1 (bytes per chunk), got {size!r}")
         return [data[i : i + size] for i in range(0, len(data), size)]
     if at is not None:
@@ -55,7 +55,7 @@ def fragment(
             )
         bounds = [0, *[o for o in offsets if 0 < o < len(data)], len(data)]
         return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-    if not isinstance(max_size, int) or max_size < 1:
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:
         raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
     rng = random.Random(seed)
     chunks: list[bytes] = []

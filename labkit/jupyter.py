@@ -39,6 +39,11 @@ PYTEST_ARGS: tuple[str, ...] = (
     # outputs would differ between a laptop and CI.
     "-o",
     "verbosity_assertions=2",
+    # In a long-lived kernel every plugin's package (labkit's, hypothesis's) is imported before
+    # pytest starts, from the second run on at the latest: the warning that it is too late to
+    # rewrite its asserts would fill every cell, and nothing in a notebook can act on it.
+    "-W",
+    "ignore::pytest.PytestAssertRewriteWarning",
     "-p",
     "no:cacheprovider",
     "-p",

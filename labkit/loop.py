@@ -112,7 +112,12 @@ def _is_listening_socket(fd: int) -> bool:
         sock.detach()
 
 
-def _check_options(autojump_threshold: object, start: object) -> None:
+def _check_options(autojump: object, autojump_threshold: object, start: object) -> None:
+    if not isinstance(autojump, bool):
+        raise TypeError(
+            f"autojump must be True (the clock jumps to the next timer when the loop is idle) "
+            f"or False (it moves only when advanced), got {autojump!r}"
+        )
     if autojump_threshold is not None and (
         not isinstance(autojump_threshold, (int, float))
         or isinstance(autojump_threshold, bool)
@@ -163,7 +168,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 f"VirtualTimeLoop() got an unexpected keyword argument {next(iter(extra))!r}; "
                 "it takes selector, autojump, autojump_threshold and start"
             )
-        _check_options(autojump_threshold, start)
+        _check_options(autojump, autojump_threshold, start)
         return super().__new__(cls)
 
     def __init__(

@@ -122,8 +122,17 @@ class _PCTChooser(Chooser):
         self.priority: dict[str, float] = {}
         self.step = 0
         # Change point i (at step k_i) drops the running task's priority to i, below every
-        # initial priority (those are all > depth).
-        self.change_points = {self.rng.randint(1, max(steps, 1)): i for i in range(1, depth)}
+        # initial priority (those are all > depth). The steps are distinct: two change points
+        # on one step would be one demotion, a lower depth than asked for. A draw that hits a
+        # step already taken is drawn again, so seeds without such a collision keep their
+        # schedules. With fewer steps than depth - 1, every step is a change point.
+        steps = max(steps, 1)
+        self.change_points: dict[int, int] = {}
+        for i in range(1, min(depth, steps + 1)):
+            step = self.rng.randint(1, steps)
+            while step in self.change_points:
+                step = self.rng.randint(1, steps)
+            self.change_points[step] = i
 
     def _priority(self, name: str) -> float:
         value = self.priority.get(name)
@@ -147,11 +156,13 @@ class _PCTChooser(Chooser):
 class PCT(Strategy):
     """Probabilistic concurrency testing: random task priorities plus ``depth - 1`` demotions.
 
-    The highest-priority ready task always runs; at ``depth - 1`` random steps the running
-    task drops below all others. For a test with at most ``n`` tasks and ``k`` steps, one run
-    finds any bug of depth ``d <= depth`` (one needing ``d`` ordering constraints) with
+    The highest-priority ready task always runs; at ``depth - 1`` distinct random steps the
+    running task drops below all others. For a test with at most ``n`` tasks and ``k`` steps,
+    one run finds any bug of depth ``d <= depth`` (one needing ``d`` ordering constraints) with
     probability at least ``1 / (n * k**(d - 1))`` (Burckhardt et al., ASPLOS 2010).
-    ``steps`` is ``k``; by default it is measured with one run in asyncio's own order.
+    ``steps`` is ``k``; by default it is measured with one run in asyncio's own order. A test
+    with fewer than ``depth - 1`` steps gets a change point at every step, so it is explored
+    at depth ``steps + 1`` at most: ``d - 1`` demotions need ``d - 1`` distinct steps.
 
     Example::
 

@@ -148,6 +148,26 @@ def _describe(obj: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _holders(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> dict[int, str]:
+    """For each resource still held, the pending task of ``loop`` whose frames reference it."""
+    from labkit.deadlock import suspension_frames
+    from labkit.hygiene import _task_label, _waiting_at
+
+    alive = {h.key: obj for h in held if (obj := h.ref()) is not None}
+    found: dict[int, str] = {}
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in sorted(pending, key=lambda task: task.get_name()):
+        for frame in suspension_frames(task.get_coro()):
+            values = list(frame.f_locals.values())
+            for key, obj in alive.items():
+                if key not in found and any(value is obj for value in values):
+                    where = _waiting_at(task)
+                    found[key] = f"{_task_label(task)}, still pending" + (
+                        f": {where}" if where else ""
+                    )
+    return found
+
+
 # -- the tracker ------------------------------------------------------------------------------
 
 
@@ -161,10 +181,14 @@ class Leak:
     """True when the resource was garbage-collected without ever being released."""
     stack: tuple[Location, ...]
     """Where it was acquired, most recent call last (your code only)."""
+    held_by: str = ""
+    """The pending task that still references it, with where it waits; found by the
+    ``resource_tracker`` fixture, which checks while the test's loop is alive (else empty)."""
 
     def __str__(self) -> str:
         state = "garbage-collected without release" if self.collected else "still held"
-        return f"{self.resource} ({state}), acquired at\n{_format_stack(self.stack, '      ')}"
+        text = f"{self.resource} ({state}), acquired at\n{_format_stack(self.stack, '      ')}"
+        return f"{text}\n    held by {self.held_by}" if self.held_by else text
 
 
 class ResourceLeakError(AssertionError):
@@ -414,12 +438,16 @@ class ResourceTracker:
 
     def leaks(self) -> list[Leak]:
         """Every acquisition not released: resources still held, then those collected."""
+        return self._leaks(None)
+
+    def _leaks(self, loop: asyncio.AbstractEventLoop | None) -> list[Leak]:
         with self._lock:
             self._reap()
             held = list(self._held.values())
             collected = list(self._collected)
+        holders = _holders(loop, held) if loop is not None else {}
         still = [
-            Leak(h.description, False, _locations(raw, self.depth))
+            Leak(h.description, False, _locations(raw, self.depth), holders.get(h.key, ""))
             for h in held
             for raw in h.stacks
         ]
@@ -435,13 +463,20 @@ class ResourceTracker:
             #   Connection('db') (still held), acquired at
             #       service.py:14 in handle: conn = await pool.acquire()
         """
-        leaks = self.leaks()
+        error = self._error(None)
+        if error is not None:
+            raise error
+
+    def _error(self, loop: asyncio.AbstractEventLoop | None) -> ResourceLeakError | None:
+        """What :meth:`assert_all_released` raises, or None; with ``loop`` (not running), each
+        resource still held names the pending task of that loop that references it."""
+        leaks = self._leaks(loop)
         with self._lock:
             self._reap()
             problems = list(self._problems)
             total = self._acquisitions
         if not leaks and not problems:
-            return
+            return None
         lines: list[str] = []
         if leaks:
             lines.append(f"{len(leaks)} of {total} acquired resources never released:")
@@ -449,7 +484,7 @@ class ResourceTracker:
         if problems:
             lines.append(f"{len(problems)} release(s) of a resource not held:")
             lines.extend("  " + problem for problem in problems)
-        raise ResourceLeakError("\n".join(lines), leaks, problems)
+        return ResourceLeakError("\n".join(lines), leaks, problems)
 
     def clear(self) -> None:
         """Forget everything recorded so far (held resources, leaks and problems)."""

@@ -72,10 +72,19 @@ class BlockingCall:
 
 
 class BlockingCallError(AssertionError):
-    """A callback or task step blocked the event loop for longer than the threshold."""
+    """A callback or task step blocked the event loop for longer than the threshold.
+
+    With several blocks the message counts them and numbers each one, so the same line
+    blocking twice reads as two blocks, not as a report printed twice.
+    """
 
     def __init__(self, blocks: list[BlockingCall]) -> None:
-        super().__init__("\n".join(str(block) for block in blocks))
+        if len(blocks) == 1:
+            message = str(blocks[0])
+        else:
+            numbered = (f"{n}. {block}" for n, block in enumerate(blocks, 1))
+            message = "\n".join([f"{len(blocks)} blocking calls:", *numbered])
+        super().__init__(message)
         self.blocks = blocks
 
 
@@ -346,7 +355,13 @@ def _test_loop(request: Any) -> asyncio.AbstractEventLoop:
 
 
 def _guard(request: Any) -> Any:
-    """Generator behind the plugin's autouse fixture: hygiene and watchdog for one test."""
+    """Generator behind the plugin's autouse fixture: hygiene and watchdog for one test.
+
+    It is also where every labkit teardown check reports: a check that ran earlier in the
+    teardown (the ``resource_tracker`` fixture) leaves its message in the test's
+    ``_TEARDOWN_REPORTS``, and one failure lists them all. Two fixtures failing at teardown
+    would make pytest print an exception group of its own internals instead.
+    """
     import pytest
     from pytest_asyncio import is_async_test
 
@@ -360,11 +375,12 @@ def _guard(request: Any) -> Any:
         problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    if not hygiene and threshold is None:
-        yield None
-        return
     item = request.node
-    if not is_async_test(item) or item.get_closest_marker("labkit_explore") is not None:
+    reports: list[str] = []
+    item.stash[_TEARDOWN_REPORTS] = reports
+    tracker: TaskTracker | None = None
+    dog: Watchdog | None = None
+    if (hygiene or threshold is not None) and not _watchable(item, is_async_test):
         if asked:
             pytest.fail(
                 f"{item.nodeid}: task hygiene and the watchdog watch the loop of an async test "
@@ -372,16 +388,15 @@ def _guard(request: Any) -> Any:
                 "use `async with labkit.TaskTracker()` / `labkit.Watchdog()` inside it instead",
                 pytrace=False,
             )
-        yield None
-        return
-    loop = _test_loop(request)
-    tracker = TaskTracker(loop).install() if hygiene else None
-    dog = Watchdog(threshold, loop=loop).start() if threshold is not None else None
-    item.stash[_GUARDS] = (tracker, dog)
+    elif hygiene or threshold is not None:
+        loop = _test_loop(request)
+        tracker = TaskTracker(loop).install() if hygiene else None
+        dog = Watchdog(threshold, loop=loop).start() if threshold is not None else None
+        item.stash[_GUARDS] = (tracker, dog)
     try:
         yield None
     finally:
-        messages = []
+        messages = list(reports)
         if dog is not None:
             blocks = dog.stop()
             if blocks:
@@ -394,10 +409,16 @@ def _guard(request: Any) -> Any:
         pytest.fail("\n".join(messages), pytrace=False)
 
 
-def _guards_key() -> Any:
+def _watchable(item: Any, is_async_test: Any) -> bool:
+    """Whether the test runs on a loop of pytest-asyncio's that teardown checks can look at."""
+    return bool(is_async_test(item)) and item.get_closest_marker("labkit_explore") is None
+
+
+def _stash_key() -> Any:
     import pytest
 
-    return pytest.StashKey[tuple[Any, Any]]()
+    return pytest.StashKey[Any]()
 
 
-_GUARDS = _guards_key()
+_GUARDS = _stash_key()
+_TEARDOWN_REPORTS = _stash_key()

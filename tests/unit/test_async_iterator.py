@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import labkit
 from labkit import MockAsyncIterator
 
 both_loops = pytest.mark.asyncio(loop_factories=["asyncio", "virtual"])
@@ -74,6 +75,21 @@ async def test_delay_is_waited_before_each_item_in_virtual_time() -> None:
     stream = MockAsyncIterator("abc", delay=10.0)
     seen = [(item, loop.time()) async for item in stream]
     assert seen == [("a", 10.0), ("b", 20.0), ("c", 30.0)]
+
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_every_item_is_a_suspension_point_even_without_a_delay() -> None:
+    """Documented behaviour: the stream yields to the loop per item; a list generator never."""
+
+    async def from_list() -> collections.abc.AsyncGenerator[int, None]:
+        for item in [1, 2, 3]:
+            yield item
+
+    mocked = await labkit.cancel_at_every_await(lambda: total(MockAsyncIterator([1, 2, 3])))
+    assert mocked.suspension_points == 4  # three items and the end of the stream
+    listed = await labkit.cancel_at_every_await(lambda: total(from_list()), min_points=0)
+    assert listed.suspension_points == 0
+    assert "every item is a suspension point" in " ".join((MockAsyncIterator.__doc__ or "").split())
 
 
 @pytest.mark.asyncio(loop_factories=["virtual"])

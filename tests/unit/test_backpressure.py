@@ -87,8 +87,8 @@ async def test_the_three_line_test_passes_correct_producers(producer: Producer) 
     [
         (
             produce_dropping,
-            "task 'producer' is not blocked once the loop settled: it already finished: "
-            "returned None",
+            "task 'producer' is not blocked once the loop settled: it already finished "
+            "(returned None)",
         ),
         (produce_in_pairs, "task 'producer' is blocked once the loop settled, but not in 'put'"),
         (produce_unbounded, "but not in 'put': it waits at test_backpressure.py:"),
@@ -282,9 +282,19 @@ async def test_suspended_at_describes_done_tasks() -> None:
 
     task = asyncio.create_task(fails(), name="fails")
     await asyncio.gather(task, return_exceptions=True)
-    assert labkit.suspended_at(task) == (
-        "not suspended: it already finished: raised ValueError('x')"
-    )
+    assert labkit.suspended_at(task) == "not suspended: finished (raised ValueError('x'))"
+
+    async def returns() -> None:
+        pass
+
+    task = asyncio.create_task(returns(), name="returns")
+    await task
+    assert labkit.suspended_at(task) == "not suspended: finished (returned None)"
+    task = asyncio.create_task(asyncio.sleep(1), name="cancelled")
+    await labkit.run_until_idle()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert labkit.suspended_at(task) == "not suspended: cancelled"
 
 
 @VIRTUAL

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import AsyncMock, Mock
 
 import pytest
 
@@ -305,8 +306,73 @@ async def test_a_target_that_never_suspends_has_only_the_baseline() -> None:
     async def instant() -> int:
         return 1
 
-    report = await labkit.cancel_at_every_await(instant)
+    report = await labkit.cancel_at_every_await(instant, min_points=0)
     assert [p.k for p in report.points] == [0]
+    assert report.ok
+
+
+async def mocked_transfer(pool: Any) -> None:
+    connection = await pool.acquire()
+    await connection.query("x")
+
+
+def test_a_sweep_of_async_mocks_fails_saying_it_tested_nothing() -> None:
+    """AsyncMock awaits never suspend: the sweep used to pass "all ok", having tested nothing."""
+    pool = Mock(acquire=AsyncMock(return_value=Mock(query=AsyncMock())))
+    with pytest.raises(labkit.CancelSweepError) as caught:
+        labkit.run_cancel_sweep(lambda: mocked_transfer(pool))
+    report = caught.value.report
+    assert not report.ok
+    assert report.suspension_points == 0
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "cancel sweep of mocked_transfer(): 0 suspension point(s), nothing tested"
+    assert "never suspended" in lines[1]
+    assert "tested nothing" in lines[1]
+    assert "unittest.mock.AsyncMock" in lines[2]
+    assert "min_points=0" in lines[3]
+    assert "all ok" not in str(caught.value)
+
+
+@VIRTUAL
+async def test_min_points_asks_for_as_many_points_as_the_test_expects() -> None:
+    async def two() -> None:
+        await asyncio.sleep(1)
+        await asyncio.sleep(1)
+
+    report = await labkit.cancel_at_every_await(two, min_points=3, raise_on_failure=False)
+    assert not report.ok
+    assert report.failures == ()
+    assert (
+        report.table()
+        .splitlines()[0]
+        .endswith(".two(): 2 suspension point(s), fewer than min_points=3")
+    )
+    assert (await labkit.timeout_at_every_await(two, min_points=2)).ok
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="min_points must be a whole number"):
+            await labkit.cancel_at_every_await(two, min_points=bad)  # type: ignore[arg-type]
+
+
+@VIRTUAL
+async def test_a_long_await_line_keeps_the_outcome_column_aligned() -> None:
+    async def long_line() -> None:
+        await asyncio.sleep(1)  # a comment long enough to push the outcome column far to the right
+        await asyncio.sleep(1)
+
+    table = (await labkit.cancel_at_every_await(long_line)).table().splitlines()
+    rows = table[1:]
+    columns = {row.index("outcome" if i == 0 else "ok") for i, row in enumerate(rows)}
+    assert len(columns) == 1, "\n".join(table)
+    assert "..." in rows[2]
+
+
+def test_notebook_cell_locations_read_like_the_trackers() -> None:
+    """Sweep rows name a notebook cell as ``<cell>:N``, as trackers and task hygiene do."""
+    namespace: dict[str, Any] = {"asyncio": asyncio}
+    code = "async def in_a_cell():\n    await asyncio.sleep(1)\n"
+    exec(compile(code, "/tmp/ipykernel_4242/3109437223.py", "exec"), namespace)
+    report = labkit.run_cancel_sweep(namespace["in_a_cell"])
+    assert report.points[1].where == "<cell>:2"
 
 
 @VIRTUAL

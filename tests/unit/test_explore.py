@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import labkit
 from labkit import PCT, Exhaustive, ExplorationFailure, RandomOrder, StepLimitError
-from labkit.strategy import _PathChooser
+from labkit.strategy import _PathChooser, _PCTChooser
 
 pytest_plugins = ["pytester"]
 
@@ -399,7 +401,7 @@ def test_the_marker_refuses_the_asyncio_marker_too(pytester: pytest.Pytester) ->
 
 
 def test_explore_needs_the_virtual_loop() -> None:
-    with pytest.raises(TypeError, match="runs on labkit's VirtualTimeLoop"):
+    with pytest.raises(TypeError, match="run on labkit's VirtualTimeLoop"):
         labkit.explore(snapshot_race(fixed=True), runs=1, loop_factory=asyncio.new_event_loop)
 
 
@@ -524,3 +526,50 @@ def test_jitter_must_be_finite(bad: float) -> None:
         labkit.explore(body, runs=1, jitter=bad)
     with pytest.raises(ValueError, match="jitter must be a finite number of seconds"):
         labkit.replay(body, 0, jitter=bad)
+
+
+def test_pct_change_points_are_distinct_steps() -> None:
+    """Colliding change points used to merge into one demotion: a lower depth than asked."""
+    for seed in range(50):
+        chooser = PCT(depth=3, steps=2).chooser(seed)
+        assert isinstance(chooser, _PCTChooser)
+        assert sorted(chooser.change_points) == [1, 2], seed
+        assert sorted(chooser.change_points.values()) == [1, 2], seed
+    few = PCT(depth=5, steps=2).chooser(0)
+    assert isinstance(few, _PCTChooser)
+    assert sorted(few.change_points) == [1, 2]  # fewer steps than depth - 1: every step
+
+
+def test_pct_seeds_without_a_collision_keep_their_change_points() -> None:
+    """Drawing again only on a collision leaves every other seed's schedule as it was."""
+    for seed in range(50):
+        rng = random.Random(seed)
+        drawn = [rng.randint(1, 1000) for _ in range(2)]
+        if len(set(drawn)) == 2:
+            chooser = PCT(depth=3, steps=1000).chooser(seed)
+            assert isinstance(chooser, _PCTChooser)
+            assert list(chooser.change_points) == drawn
+
+
+@pytest.mark.parametrize("caller", ["explore", "replay", "record"])
+def test_each_entry_point_names_itself_and_closes_its_loop(caller: str) -> None:
+    body = snapshot_race(fixed=True)
+    coro = body()
+    call: Any = getattr(labkit, caller)
+    extra = {"seed": 1} if caller == "replay" else {}
+    with pytest.raises(TypeError, match=rf"^{caller}\(\) needs the async function itself"):
+        call(coro, **extra)
+    coro.close()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loops.append(labkit.new_virtual_loop())
+        return loops[-1]
+
+    def not_async() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="make it an `async def`"):
+        call(not_async, **extra, loop_factory=factory)
+    assert loops, "the body was never called"
+    assert all(loop.is_closed() for loop in loops)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import re
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,33 @@ def test_a_failed_comparison_reads_the_same_on_ci_and_off(
     assert "Use -v to get more diff" not in text
     assert "Full diff:" in text
     assert "+     'ticker'," in text
+
+
+ALREADY_IMPORTED = "Module already imported so cannot be rewritten"
+
+
+def test_no_rewrite_warnings_in_a_notebook_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel imports plugin packages before pytest starts: no cell may fill with warnings.
+
+    pytest marks the package of every plugin (labkit's pytest11 entry point, hypothesis's, a
+    user's) for assertion rewriting when it starts, too late in a kernel that imported them.
+    """
+    import labkit
+
+    kit = Path(labkit.__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(kit))
+    # As in a kernel: imported by Python's own loader (this run's pytest imported it rewritten).
+    plain = importlib.machinery.SourceFileLoader("labkit", labkit.__file__)
+    monkeypatch.setattr(labkit, "__loader__", plain)
+    pytester.makepyfile(early_plugin="def pytest_configure(config):\n    pass\n")
+    pytester.makepyfile("def test_one():\n    assert 1 == 1\n")
+    monkeypatch.syspath_prepend(str(pytester.path))
+    __import__("early_plugin")
+    without = pytester.runpytest_inprocess(*QUIET, "-p", "early_plugin").stdout.str()
+    assert f"{ALREADY_IMPORTED}; early_plugin" in without  # the warning the setting removes
+    result = pytester.runpytest_inprocess(*PYTEST_ARGS, "-p", "early_plugin")
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    assert ALREADY_IMPORTED not in text

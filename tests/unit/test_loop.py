@@ -293,6 +293,15 @@ def test_bad_autojump_threshold_is_refused(bad: Any) -> None:
         VirtualTimeLoop(autojump_threshold=bad)
 
 
+@pytest.mark.parametrize("bad", ["no", "", 0, 1, None])
+def test_autojump_must_be_a_bool(bad: Any) -> None:
+    """autojump="no" used to be accepted, and being truthy it meant the opposite."""
+    with pytest.raises(TypeError, match=r"autojump must be True .* or False .*, got"):
+        VirtualTimeLoop(autojump=bad)
+    with pytest.raises(TypeError, match="autojump must be True"):
+        labkit.new_virtual_loop(autojump=bad)
+
+
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), "0", None])
 def test_bad_start_is_refused(bad: Any) -> None:
     with pytest.raises(ValueError, match="start must be a finite number of seconds"):

@@ -93,6 +93,10 @@ def test_fragment_needs_exactly_one_way_to_split() -> None:
         fragment(b"abc", size=1, seed=1)
     with pytest.raises(ValueError, match="size must be"):
         fragment(b"abc", size=0)
+    with pytest.raises(ValueError, match="size must be an int >= 1"):
+        fragment(b"abc", size=True)  # a bool is not a size (True used to mean 1)
+    with pytest.raises(ValueError, match="max_size must be an int >= 1"):
+        fragment(b"abc", seed=1, max_size=True)
     with pytest.raises(ValueError, match="between 0 and len"):
         fragment(b"abc", at=[4])
 

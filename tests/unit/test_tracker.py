@@ -385,3 +385,83 @@ def test_fixture_fails_a_leaky_test_at_teardown(pytester: pytest.Pytester) -> No
             "conn = tracker.acquired(Conn())*",
         ]
     )
+
+
+BACKGROUND_SUITE = """
+import asyncio
+import pytest
+
+class Conn:
+    def __repr__(self):
+        return "Conn()"
+
+async def close_later(tracker, conn, opened):
+    opened.set()
+    await asyncio.Event().wait()  # never set: the close never happens
+    tracker.released(conn)
+
+async def release_on_cancel(tracker, conn, opened):
+    try:
+        opened.set()
+        await asyncio.Event().wait()
+    finally:
+        tracker.released(conn)  # runs only when the loop's teardown cancels the task
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+@pytest.mark.parametrize("closer", [close_later, release_on_cancel])
+async def test_background(resource_tracker, closer):
+    conn = resource_tracker.acquired(Conn())
+    opened = asyncio.Event()
+    asyncio.create_task(closer(resource_tracker, conn, opened), name="closer")
+    await opened.wait()
+"""
+
+
+def test_fixture_checks_while_the_tests_loop_is_alive(pytester: pytest.Pytester) -> None:
+    """A resource a pending task holds used to be reported as garbage-collected, or missed
+    entirely when that task's ``finally:`` released it as pytest-asyncio cancelled it."""
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(BACKGROUND_SUITE)
+    result = pytester.runpytest("-q")
+    result.assert_outcomes(passed=2, errors=2)
+    text = result.stdout.str()
+    assert text.count("Conn() (still held), acquired at") == 2, text
+    assert "garbage-collected" not in text
+    result.stdout.fnmatch_lines(
+        [
+            "*held by task 'closer', still pending: waiting at "
+            "*.py:* in close_later: await asyncio.Event().wait()*",
+            "*held by task 'closer', still pending: waiting at "
+            "*.py:* in release_on_cancel: await asyncio.Event().wait()*",
+        ]
+    )
+
+
+def test_two_failing_teardown_checks_make_one_clean_report(pytester: pytest.Pytester) -> None:
+    """Hygiene and the resource tracker both failing used to print a BaseExceptionGroup."""
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        BACKGROUND_SUITE.replace(
+            '@pytest.mark.asyncio(loop_factories=["virtual"])',
+            '@pytest.mark.labkit_hygiene\n@pytest.mark.asyncio(loop_factories=["virtual"])',
+        )
+    )
+    result = pytester.runpytest("-q", "-k", "close_later")
+    result.assert_outcomes(passed=1, errors=1)
+    text = result.stdout.str()
+    assert "ExceptionGroup" not in text, text
+    assert "_pytest" not in text, text
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_background?close_later?*",
+            "1 of 1 acquired resources never released:",
+            "  Conn() (still held), acquired at",
+            "*held by task 'closer'*",
+            "task hygiene: 1 problem",
+            "  task 'closer' is still pending: nobody awaited it or cancelled it",
+        ]
+    )

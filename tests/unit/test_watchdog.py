@@ -15,7 +15,8 @@ import time
 import pytest
 
 import labkit
-from labkit import BlockingCallError, Watchdog
+from labkit import BlockingCall, BlockingCallError, Watchdog
+from labkit.trace import Location
 
 pytest_plugins = ["pytester"]
 
@@ -136,6 +137,21 @@ async def test_each_blocking_step_is_reported_once() -> None:
         async with Watchdog(threshold=THRESHOLD):
             await asyncio.create_task(two_blocks(), name="twice")
     assert [b.culprit for b in caught.value.blocks] == ["task 'twice'", "task 'twice'"]
+
+
+def test_several_blocks_are_counted_and_numbered() -> None:
+    """Two blocks used to read as one report printed twice, with no count."""
+    where = (Location("retry.py", 20, "fetch", "time.sleep(backoff)"),)
+    blocks = [BlockingCall("task 'fetch'", where, 0.1, 0.25) for _ in range(2)]
+    lines = str(BlockingCallError(blocks)).splitlines()
+    assert lines == [
+        "2 blocking calls:",
+        "1. task 'fetch' blocked the event loop for more than 0.1 s of real time",
+        "    retry.py:20 in fetch: time.sleep(backoff)",
+        "2. task 'fetch' blocked the event loop for more than 0.1 s of real time",
+        "    retry.py:20 in fetch: time.sleep(backoff)",
+    ]
+    assert str(BlockingCallError(blocks[:1])) == str(blocks[0])
 
 
 def test_asyncio_debug_mode_misses_it_on_the_virtual_loop(
