@@ -424,7 +424,7 @@ def test_fixture_checks_while_the_tests_loop_is_alive(pytester: pytest.Pytester)
         "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
     )
     pytester.makepyfile(BACKGROUND_SUITE)
-    result = pytester.runpytest("-q")
+    result = pytester.runpytest("-q", "-rN")  # no short summary: on CI it repeats each report
     result.assert_outcomes(passed=2, errors=2)
     text = result.stdout.str()
     assert text.count("Conn() (still held), acquired at") == 2, text
