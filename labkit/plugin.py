@@ -211,9 +211,9 @@ def virtual_clock() -> VirtualClock:
 @pytest.fixture(autouse=True)
 def _labkit_guards(request: pytest.FixtureRequest) -> Iterator[None]:
     """Task hygiene and the blocking-call watchdog, for the tests that ask for them."""
-    from labkit.watchdog import _guard
+    from labkit._teardown import guard
 
-    yield from _guard(request)
+    yield from guard(request)
 
 
 @pytest.fixture
@@ -230,9 +230,9 @@ def task_tracker(request: pytest.FixtureRequest, _labkit_guards: None) -> TaskTr
             await service.stop()
             assert task_tracker.pending() == []
     """
-    from labkit.watchdog import _GUARDS
+    from labkit._teardown import GUARDS
 
-    tracker, _dog = request.node.stash[_GUARDS]
+    tracker, _dog = request.node.stash[GUARDS]
     assert tracker is not None
     return tracker  # type: ignore[no-any-return]
 
@@ -250,9 +250,9 @@ def watchdog(request: pytest.FixtureRequest, _labkit_guards: None) -> Watchdog:
             await fetch_with_retry(flaky)
             assert watchdog.blocks == []
     """
-    from labkit.watchdog import _GUARDS
+    from labkit._teardown import GUARDS
 
-    _tracker, dog = request.node.stash[_GUARDS]
+    _tracker, dog = request.node.stash[GUARDS]
     assert dog is not None
     return dog  # type: ignore[no-any-return]
 
@@ -280,12 +280,12 @@ def resource_tracker(
     """
     from pytest_asyncio import is_async_test
 
-    from labkit.watchdog import _TEARDOWN_REPORTS, _test_loop, _watchable
+    from labkit._teardown import REPORTS, loop_of, watchable
 
     # Asking for the test's loop runner here makes pytest tear this fixture down first.
-    loop = _test_loop(request) if _watchable(request.node, is_async_test) else None
+    loop = loop_of(request) if watchable(request.node, is_async_test) else None
     tracker = ResourceTracker()
     yield tracker
     error = tracker._error(loop)
     if error is not None:
-        request.node.stash[_TEARDOWN_REPORTS].append(str(error))
+        request.node.stash[REPORTS].append(str(error))
