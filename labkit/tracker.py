@@ -1,9 +1,11 @@
 """ResourceTracker: find resources acquired and never released, with the stack that acquired each.
 
-A tracker holds each resource by *weak reference*, never by ``id()``: CPython reuses the id of
-a freed object for the next one, so an id-keyed registry silently merges a leaked resource with
-a new one and loses the leak. Each acquisition records its stack, so a leak report says where
-the resource came from, not just how many are missing.
+A tracker holds each resource by *weak reference* and recognises it by identity through that
+reference, never by its ``id()`` alone: CPython reuses the id of a freed object for the next
+one, so a registry of ids silently merges a leaked resource with a new one and loses the leak.
+(An id serves only as the index of a record whose weak reference must still point at the very
+object; a record whose object died is filed as a leak first.) Each acquisition records its
+stack, so a leak report says where the resource came from, not just how many are missing.
 
 Example::
 
