@@ -11,7 +11,6 @@ Example::
     assert labkit.run(main()) == 3600.0
 """
 
-from labkit.async_iterator import MockAsyncIterator
 from labkit.backpressure import Blocked, CountingQueue, assert_blocks, is_blocked, suspended_at
 from labkit.cancellation import (
     CancelSweep,
@@ -24,12 +23,22 @@ from labkit.cancellation import (
 from labkit.clock import VirtualClock
 from labkit.deadlock import DeadlockError
 from labkit.explore import Exploration, ExplorationFailure, Run, explore, record, replay
-from labkit.fragment import fragment
 from labkit.hygiene import HygieneError, HygieneProblem, TaskTracker
-from labkit.link import MemoryLink, Pipe
 from labkit.loop import VirtualTimeLoop, advance, new_virtual_loop, run
-from labkit.network import MemoryNetwork, MemoryServer
-from labkit.protocol_harness import ProtocolHarness, bytes_diff
+from labkit.mocks import (
+    MemoryConnection,
+    MemoryLink,
+    MemoryNetwork,
+    MemoryServer,
+    MockAsyncIterator,
+    MockTransport,
+    Pipe,
+    ProtocolHarness,
+    StreamEnd,
+    bytes_diff,
+    fragment,
+    memory_connection,
+)
 from labkit.scheduler import (
     Round,
     Scheduler,
@@ -39,12 +48,10 @@ from labkit.scheduler import (
     step_through,
 )
 from labkit.strategy import FIFO, PCT, Exhaustive, RandomOrder, Strategy
-from labkit.stream import MemoryConnection, StreamEnd, memory_connection
 from labkit.throughput import Throughput, measure_throughput
 from labkit.timeline import format_timeline, plot_timeline
 from labkit.trace import Location, Step, TaskState, Trace
 from labkit.tracker import Leak, ResourceLeakError, ResourceTracker
-from labkit.transport import MockTransport
 from labkit.watchdog import BlockingCall, BlockingCallError, Watchdog
 
 __all__ = [

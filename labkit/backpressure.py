@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import linecache
-import os
 import re
 import threading
 import types
@@ -26,16 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from labkit._stacks import file_label, in_asyncio
 from labkit.deadlock import suspension_frames
 from labkit.loop import VirtualTimeLoop
 
 __all__ = ["Blocked", "CountingQueue", "assert_blocks", "is_blocked", "suspended_at"]
 
 _T = TypeVar("_T")
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _REAL_LOOP_SETTLE_ROUNDS = 50
 _SETTLE_GUARD = 5.0
-_IPYTEST_MODULE = re.compile(r"t_[0-9a-f]{32}\.py")
 Progress = Callable[[], int]
 
 
@@ -113,8 +111,8 @@ def suspended_at(task: asyncio.Future[Any]) -> str:
     frames = list(suspension_frames(task.get_coro()))
     if not frames:
         return "not started yet"
-    own = [frame for frame in frames if not _in_asyncio(frame)]
-    inside = [frame for frame in frames if _in_asyncio(frame)]
+    own = [frame for frame in frames if not in_asyncio(frame)]
+    inside = [frame for frame in frames if in_asyncio(frame)]
     text = _describe(own[-1]) if own else ""
     if inside:
         library = f"in asyncio {inside[0].f_code.co_qualname}"
@@ -155,7 +153,7 @@ class Blocked:
                 "assert_advanced() needs a progress measure: pass progress=queue (a "
                 "labkit.CountingQueue) or progress=<callable returning a count> to assert_blocks()"
             )
-        await _settle()
+        await settle()
         now = self.measure()
         moved = now - self.progress
         name = _name(self.task)
@@ -210,7 +208,7 @@ async def assert_blocks(
             "the task (`asyncio.create_task(produce(q), name='producer')`) or e.g. `queue.put(x)`"
         )
     try:
-        await _settle()
+        await settle()
         if not is_blocked(task, at=at):
             raise AssertionError(_not_blocked_message(task, at, "once the loop settled"))
         return Blocked(
@@ -241,7 +239,7 @@ def _measure(progress: CountingQueue[Any] | Progress | None) -> Progress | None:
     return progress
 
 
-async def _settle(*, any_loop: bool = False) -> None:
+async def settle(*, any_loop: bool = False) -> None:
     """Run the loop until every task is blocked and nothing is ready (labkit.run_until_idle).
 
     On the virtual loop a task that never blocks (``while True: await asyncio.sleep(0)``)
@@ -341,7 +339,7 @@ def _matches(task: asyncio.Future[Any], at: str) -> bool:
         code = frame.f_code
         if at in (code.co_name, code.co_qualname) or code.co_qualname.endswith("." + at):
             return True
-        if not _in_asyncio(frame) and at in linecache.getline(code.co_filename, frame.f_lineno):
+        if not in_asyncio(frame) and at in linecache.getline(code.co_filename, frame.f_lineno):
             return True
     return False
 
@@ -349,25 +347,8 @@ def _matches(task: asyncio.Future[Any], at: str) -> bool:
 def _describe(frame: types.FrameType) -> str:
     code = frame.f_code
     line = linecache.getline(code.co_filename, frame.f_lineno).strip()
-    place = f"{_label_file(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
+    place = f"{file_label(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
     return f"{place}: {line}" if line else place
-
-
-def _label_file(filename: str) -> str:
-    """A file's basename, or ``<cell>`` for code typed into a notebook cell (its name is random).
-
-    ``<cell>`` is what the trackers, task hygiene and the notebook's pytest reports print too.
-    """
-    base = os.path.basename(filename)
-    if filename.startswith("<ipython-input-") or _IPYTEST_MODULE.fullmatch(base):
-        return "<cell>"
-    if os.path.basename(os.path.dirname(filename)).startswith("ipykernel_"):
-        return "<cell>"
-    return base
-
-
-def _in_asyncio(frame: types.FrameType) -> bool:
-    return os.path.dirname(frame.f_code.co_filename) == _ASYNCIO_DIR
 
 
 def _short(value: object) -> str:

@@ -34,7 +34,8 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from labkit.backpressure import _in_asyncio, _label_file, _settle
+from labkit._stacks import file_label, in_asyncio
+from labkit.backpressure import settle
 from labkit.deadlock import suspension_frames
 from labkit.loop import VirtualTimeLoop, new_virtual_loop
 
@@ -356,7 +357,7 @@ def _exception_from(args: tuple[Any, ...]) -> BaseException:
 
 def _frame_label(frame: types.FrameType) -> str:
     code = frame.f_code
-    return f"{_label_file(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
+    return f"{file_label(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
 
 
 def _locate(target: Any) -> tuple[str, str, tuple[str, ...]]:
@@ -364,7 +365,7 @@ def _locate(target: Any) -> tuple[str, str, tuple[str, ...]]:
     if not frames:
         return "?", "", ()
     own = frames[0]
-    where = f"{_label_file(own.f_code.co_filename)}:{own.f_lineno}"
+    where = f"{file_label(own.f_code.co_filename)}:{own.f_lineno}"
     code = linecache.getline(own.f_code.co_filename, own.f_lineno).strip()
     return where, code, tuple(_frame_label(frame) for frame in frames)
 
@@ -429,11 +430,11 @@ def _task_label(task: asyncio.Task[Any]) -> str:
     qualname = getattr(coro, "__qualname__", type(coro).__name__)
     name = f"{qualname}()" if _AUTO_TASK_NAME.fullmatch(name) else repr(name)
     frames = list(suspension_frames(coro))
-    own = [frame for frame in frames if not _in_asyncio(frame)]
+    own = [frame for frame in frames if not in_asyncio(frame)]
     if own:
         frame = own[-1]
         if frame.f_code.co_qualname == qualname:
-            return f"{name} at {_label_file(frame.f_code.co_filename)}:{frame.f_lineno}"
+            return f"{name} at {file_label(frame.f_code.co_filename)}:{frame.f_lineno}"
         return f"{name} at {_frame_label(frame)}"
     if frames:
         return f"{name} waiting inside asyncio.{frames[-1].f_code.co_qualname}"
@@ -500,7 +501,7 @@ async def _run_once(
     run = await _start(factory, mode, k)
     await _finish(run, mode, k, limit)
     try:
-        await _settle(any_loop=True)
+        await settle(any_loop=True)
     except (AssertionError, RuntimeError) as error:  # a leftover task that never blocks
         run.problems.append(str(error))
     leftovers = sorted(

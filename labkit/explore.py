@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labkit.loop import VirtualTimeLoop, new_virtual_loop
-from labkit.scheduler import _Control
+from labkit.scheduler import Control
 from labkit.strategy import FIFO, PCT, Chooser, Exhaustive, Strategy, strategy_from
 from labkit.trace import Trace
 
@@ -188,7 +188,7 @@ def _run_one(
         loop.close()
         raise
     window = float(jitter)
-    control = _Control(
+    control = Control(
         loop,
         choose=chooser.choose,
         jitter=(lambda: chooser.jitter(window)) if window > 0 else None,

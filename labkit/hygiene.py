@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import re
 import sys
 import threading
@@ -39,13 +38,20 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.deadlock import suspension_frames
+from labkit._stacks import (
+    Raw,
+    file_label,
+    format_stack,
+    is_machinery,
+    locations,
+    raw_stack,
+    task_label,
+    waiting_at,
+)
 from labkit.trace import Location
-from labkit.tracker import _file_label, _format_stack, _is_machinery, _locations, _Raw, _raw_stack
 
 __all__ = ["HygieneError", "HygieneProblem", "TaskTracker"]
 
-_DEFAULT_NAME = re.compile(r"Task-\d+")
 _UNAWAITED = re.compile(r"coroutine '([^']*)' was never awaited")
 _NEVER_RETRIEVED = "exception was never retrieved"
 _ORIGIN_ATTRIBUTE = "_labkit_origin"
@@ -70,7 +76,7 @@ class HygieneProblem:
     """Where a pending task waits (``waiting at ...``) or a failed one raised (``raised at``)."""
 
     def __str__(self) -> str:
-        stack = _format_stack(self.created_at, "        ")
+        stack = format_stack(self.created_at, "        ")
         at = f"\n    {self.at}" if self.at else ""
         return f"{self.subject} {self.detail}{at}\n    created at\n{stack}"
 
@@ -89,33 +95,6 @@ class _TrackedTask(asyncio.Task[Any]):
     """asyncio's Task with room for its creation stack (the C Task has no ``__dict__``)."""
 
 
-def _task_label(task: asyncio.Future[Any]) -> str:
-    if not isinstance(task, asyncio.Task):
-        return "a future"
-    name = task.get_name()
-    if _DEFAULT_NAME.fullmatch(name):
-        coro = task.get_coro()
-        qualname = getattr(coro, "__qualname__", type(coro).__name__)
-        return f"task running {qualname}()"
-    return f"task {name!r}"
-
-
-def _waiting_at(task: asyncio.Task[Any]) -> str:
-    coro = task.get_coro()
-    if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == "CORO_CREATED":
-        return "not started yet"
-    every = list(suspension_frames(coro))
-    frames = [f for f in every if not _is_machinery(f.f_code.co_filename)]
-    if not frames:
-        return f"waiting in {every[-1].f_code.co_qualname}()" if every else ""
-    code = frames[-1].f_code
-    import linecache
-
-    line = linecache.getline(code.co_filename, frames[-1].f_lineno).strip()
-    where = Location(_file_label(code.co_filename), frames[-1].f_lineno, code.co_qualname, line)
-    return f"waiting at {where}"
-
-
 def _raised_at(error: BaseException) -> str:
     tb = error.__traceback__
     place: Location | None = None
@@ -123,9 +102,9 @@ def _raised_at(error: BaseException) -> str:
 
     while tb is not None:
         code = tb.tb_frame.f_code
-        if not _is_machinery(code.co_filename):
+        if not is_machinery(code.co_filename):
             line = linecache.getline(code.co_filename, tb.tb_lineno).strip()
-            place = Location(_file_label(code.co_filename), tb.tb_lineno, code.co_qualname, line)
+            place = Location(file_label(code.co_filename), tb.tb_lineno, code.co_qualname, line)
         tb = tb.tb_next
     return f"raised at {place}" if place is not None else ""
 
@@ -165,7 +144,7 @@ class TaskTracker:
         self.depth = depth
         self._loop = loop
         self._installed = False
-        self._origins: weakref.WeakKeyDictionary[asyncio.Future[Any], tuple[_Raw, ...]] = (
+        self._origins: weakref.WeakKeyDictionary[asyncio.Future[Any], tuple[Raw, ...]] = (
             weakref.WeakKeyDictionary()
         )
         self._problems: list[HygieneProblem] = []
@@ -217,7 +196,7 @@ class TaskTracker:
     def _factory(
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
-        raw = _raw_stack(sys._getframe(1), self.depth)
+        raw = raw_stack(sys._getframe(1), self.depth)
         task: asyncio.Future[Any]
         if self._previous_factory is not None:
             task = self._previous_factory(loop, coro, **kwargs)
@@ -248,9 +227,9 @@ class TaskTracker:
         self._problems.append(
             HygieneProblem(
                 "unretrieved",
-                _task_label(future),
+                task_label(future),
                 detail,
-                _locations(raw, self.depth),
+                locations(raw, self.depth),
                 _raised_at(error),
             )
         )
@@ -273,7 +252,7 @@ class TaskTracker:
     def origin(self, task: asyncio.Future[Any]) -> tuple[Location, ...]:
         """Where a tracked task was created (your code only, most recent call last)."""
         raw = getattr(task, _ORIGIN_ATTRIBUTE, None) or self._origins.get(task, ())
-        return _locations(raw, self.depth)
+        return locations(raw, self.depth)
 
     # -- finishing ----------------------------------------------------------------------------
 
@@ -289,7 +268,7 @@ class TaskTracker:
                 what = "is still pending: nobody awaited it or cancelled it"
             problems.append(
                 HygieneProblem(
-                    "pending", _task_label(task), what, self.origin(task), _waiting_at(task)
+                    "pending", task_label(task), what, self.origin(task), waiting_at(task)
                 )
             )
         return problems, pending
@@ -320,7 +299,7 @@ class TaskTracker:
                         "unawaited",
                         f"coroutine {found.group(1)!r}",
                         "was never awaited",
-                        _locations(tuple(origin), self.depth),
+                        locations(tuple(origin), self.depth),
                     )
                 )
             else:

@@ -492,7 +492,7 @@ def _task_order(task: asyncio.Task[Any]) -> tuple[int, str]:
     return (int(number) if number.isdigit() else -1, name)
 
 
-def _standard_loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
+def standard_loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
     """On asyncio's own loops: whether no callback is queued and no timer is due right now.
 
     None when the loop keeps its queue out of sight (uvloop). Used by labkit.run_until_idle.

@@ -22,7 +22,7 @@ import pytest
 
 from labkit.clock import VirtualClock
 from labkit.loop import new_virtual_loop
-from labkit.tracker import ResourceTracker
+from labkit.tracker import ResourceLeakError, ResourceTracker
 
 if TYPE_CHECKING:
     from labkit.hygiene import TaskTracker
@@ -286,6 +286,7 @@ def resource_tracker(
     loop = loop_of(request) if watchable(request.node, is_async_test) else None
     tracker = ResourceTracker()
     yield tracker
-    error = tracker._error(loop)
-    if error is not None:
+    try:
+        tracker.assert_all_released(loop=loop)
+    except ResourceLeakError as error:
         request.node.stash[REPORTS].append(str(error))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.loop import VirtualTimeLoop, _standard_loop_idle, advance
+from labkit.loop import VirtualTimeLoop, advance, standard_loop_idle
 from labkit.trace import Labels, Step, TaskState, Trace, outcome, suspension
 
 __all__ = ["Round", "Scheduler", "StepLimitError", "Stepper", "run_until_idle", "step_through"]
@@ -66,7 +66,7 @@ class _Recorder:
         self.steps_begun = 0
 
 
-class _Control:
+class Control:
     """Holds a VirtualTimeLoop's task wake-ups in a pool and releases them on demand.
 
     Installed, it shadows the loop's ``call_soon`` and ``call_at`` with instance attributes
@@ -316,7 +316,7 @@ async def run_until_idle() -> None:
     if isinstance(loop, VirtualTimeLoop):
         await loop._wait_idle()
         return
-    if _standard_loop_idle(loop) is None:
+    if standard_loop_idle(loop) is None:
         raise TypeError(
             "run_until_idle() cannot see the ready queue of "
             f"{type(loop).__module__}.{type(loop).__qualname__}; run the test on labkit's "
@@ -324,7 +324,7 @@ async def run_until_idle() -> None:
         )
     for _ in range(10_000):
         await asyncio.sleep(0)
-        if _standard_loop_idle(loop):
+        if standard_loop_idle(loop):
             return
     raise RuntimeError(
         "run_until_idle(): the loop was still busy after 10000 rounds: some task never blocks "
@@ -354,12 +354,12 @@ class Scheduler:
     """
 
     def __init__(self) -> None:
-        self._control: _Control | None = None
+        self._control: Control | None = None
         self._recorder = _Recorder()
 
     async def __aenter__(self) -> Scheduler:
         loop = _virtual_loop("labkit.Scheduler")
-        control = _Control(loop, self._recorder, exempt=asyncio.current_task())
+        control = Control(loop, self._recorder, exempt=asyncio.current_task())
         control.install()
         self._control = control
         return self
@@ -369,7 +369,7 @@ class Scheduler:
         if control is not None:
             control.uninstall()
 
-    def _require(self) -> _Control:
+    def _require(self) -> Control:
         if self._control is None:
             raise RuntimeError(
                 "the Scheduler is not active: use it as `async with labkit.Scheduler() as s:`"
@@ -518,7 +518,7 @@ class Stepper:
         self._names = list(names) if names is not None else None
         self._limit = steps
         self._recorder = _Recorder()
-        self._control: _Control | None = None
+        self._control: Control | None = None
         self._release: weakref.finalize[[], Stepper] | None = None
         self._closed = False
         self._mark = 0
@@ -540,7 +540,7 @@ class Stepper:
         if self._control is None:
             if self.tasks or self._closed:
                 raise StopAsyncIteration
-            self._control = _Control(loop, self._recorder, exempt=asyncio.current_task())
+            self._control = Control(loop, self._recorder, exempt=asyncio.current_task())
             self._control.install()
             # A stepper dropped mid-way (``break``) must not keep holding the loop's wake-ups.
             self._release = weakref.finalize(self, self._control.uninstall)

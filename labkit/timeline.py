@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-from labkit.trace import Step, Trace
-
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from labkit.trace import Step, Trace
 
 __all__ = ["format_timeline", "plot_timeline", "timeline_png"]
 

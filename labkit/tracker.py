@@ -27,17 +27,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 import re
 import sys
-import sysconfig
 import threading
-import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
+from labkit._stacks import Raw, format_stack, locations, raw_stack, task_label, waiting_at
 from labkit.trace import Location
 
 __all__ = ["Leak", "ResourceLeakError", "ResourceTracker"]
@@ -45,98 +43,7 @@ __all__ = ["Leak", "ResourceLeakError", "ResourceTracker"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _R = TypeVar("_R")
 
-_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
-_LOOP_DRIVERS = frozenset({"_run", "_run_once"})
-_STDLIB = os.path.normcase(sysconfig.get_paths()["stdlib"]) + os.sep
-_LABKIT = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_MACHINERY_PACKAGES = frozenset(
-    {
-        "_pytest",
-        "pytest",
-        "pluggy",
-        "pytest_asyncio",
-        "uvloop",
-        "ipykernel",
-        "IPython",
-        "ipytest",
-        "tornado",
-        "zmq",
-        "jupyter_client",
-        "traitlets",
-        "nbclient",
-        "ipykernel_launcher",
-        "debugpy",
-        "jupyter_core",
-        "comm",
-        "anyio",
-    }
-)
-_SITE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_Raw = tuple[str, int, str]
-
-
-# -- where things come from (shared with labkit.hygiene and labkit.watchdog) -----------------
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_machinery(filename: str) -> bool:
-    """Whether a frame in this file belongs to Python, labkit or the test runner, not the user."""
-    if not filename or filename.startswith("<frozen"):
-        return True
-    path = os.path.normcase(os.path.abspath(filename))
-    if path.startswith((_STDLIB, _LABKIT)) and "-packages" not in path:
-        return True
-    found = _SITE.search(path)
-    return found is not None and found.group(1).split(".")[0] in _MACHINERY_PACKAGES
-
-
-def _raw_stack(frame: types.FrameType | None, depth: int = 64) -> tuple[_Raw, ...]:
-    """(file, line, function) of the first ``depth`` user frames from ``frame`` outwards.
-
-    Cheap enough to take at every acquisition or task creation: it walks at most 64 frames and
-    stops once it has ``depth`` frames of user code (machinery frames are skipped).
-    """
-    raw: list[_Raw] = []
-    walked = 0
-    while frame is not None and len(raw) < depth and walked < 64:
-        code = frame.f_code
-        if code.co_name in _LOOP_DRIVERS and code.co_filename.startswith(_ASYNCIO):
-            break  # the event loop running a callback: nothing above it is the caller's code
-        if not _is_machinery(code.co_filename):
-            raw.append((code.co_filename, frame.f_lineno, code.co_qualname))
-        frame = frame.f_back
-        walked += 1
-    return tuple(raw)
-
-
-def _file_label(filename: str) -> str:
-    directory = os.path.basename(os.path.dirname(filename))
-    if directory.startswith("ipykernel_") or filename.startswith("<ipython-input"):
-        return "<cell>"
-    return os.path.basename(filename)
-
-
-def _locations(raw: tuple[_Raw, ...], depth: int) -> tuple[Location, ...]:
-    """The user's frames of a raw stack, most recent call last, at most ``depth`` of them."""
-    import linecache
-
-    user = [entry for entry in raw if not _is_machinery(entry[0])][:depth]
-    return tuple(
-        Location(
-            _file_label(filename),
-            line,
-            function,
-            linecache.getline(filename, line).strip(),
-        )
-        for filename, line, function in reversed(user)
-    )
-
-
-def _format_stack(stack: tuple[Location, ...], indent: str = "    ") -> str:
-    if not stack:
-        return f"{indent}(no frame of your code on the stack)"
-    return "\n".join(f"{indent}{place}" for place in stack)
 
 
 def _describe(obj: object) -> str:
@@ -153,7 +60,6 @@ def _describe(obj: object) -> str:
 def _holders(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> dict[int, str]:
     """For each resource still held, the pending task of ``loop`` whose frames reference it."""
     from labkit.deadlock import suspension_frames
-    from labkit.hygiene import _task_label, _waiting_at
 
     alive = {h.key: obj for h in held if (obj := h.ref()) is not None}
     found: dict[int, str] = {}
@@ -163,8 +69,8 @@ def _holders(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> dict[int, st
             values = list(frame.f_locals.values())
             for key, obj in alive.items():
                 if key not in found and any(value is obj for value in values):
-                    where = _waiting_at(task)
-                    found[key] = f"{_task_label(task)}, still pending" + (
+                    where = waiting_at(task)
+                    found[key] = f"{task_label(task)}, still pending" + (
                         f": {where}" if where else ""
                     )
     return found
@@ -189,7 +95,7 @@ class Leak:
 
     def __str__(self) -> str:
         state = "garbage-collected without release" if self.collected else "still held"
-        text = f"{self.resource} ({state}), acquired at\n{_format_stack(self.stack, '      ')}"
+        text = f"{self.resource} ({state}), acquired at\n{format_stack(self.stack, '      ')}"
         return f"{text}\n    held by {self.held_by}" if self.held_by else text
 
 
@@ -206,7 +112,7 @@ class ResourceLeakError(AssertionError):
 class _Held:
     ref: weakref.ref[Any]
     description: str
-    stacks: list[tuple[_Raw, ...]]
+    stacks: list[tuple[Raw, ...]]
     key: int
 
 
@@ -251,7 +157,7 @@ class ResourceTracker:
 
             conn = tracker.acquired(await pool.acquire())
         """
-        return self._acquire(resource, _raw_stack(sys._getframe(1), self.depth))
+        return self._acquire(resource, raw_stack(sys._getframe(1), self.depth))
 
     def released(self, resource: object) -> None:
         """Record that ``resource`` was released; its most recent acquisition is closed.
@@ -265,9 +171,9 @@ class ResourceTracker:
             await pool.release(conn)
             tracker.released(conn)
         """
-        self._release(resource, _raw_stack(sys._getframe(1), self.depth))
+        self._release(resource, raw_stack(sys._getframe(1), self.depth))
 
-    def _acquire(self, resource: _R, raw: tuple[_Raw, ...]) -> _R:
+    def _acquire(self, resource: _R, raw: tuple[Raw, ...]) -> _R:
         key = id(resource)
         try:
             ref = weakref.ref(resource, functools.partial(self._on_collected, key))
@@ -298,12 +204,12 @@ class ResourceTracker:
             return None
         return held
 
-    def _release(self, resource: object, raw: tuple[_Raw, ...]) -> None:
+    def _release(self, resource: object, raw: tuple[Raw, ...]) -> None:
         with self._lock:
             self._reap()
             held = self._find(resource)
             if held is None:
-                where = _format_stack(_locations(raw, self.depth), "      ")
+                where = format_stack(locations(raw, self.depth), "      ")
                 self._problems.append(
                     f"{_describe(resource)} was released but is not held (never acquired, or "
                     f"released twice), at\n{where}"
@@ -329,7 +235,7 @@ class ResourceTracker:
 
     def _file_collected(self, held: _Held) -> None:
         for raw in held.stacks:
-            self._collected.append(Leak(held.description, True, _locations(raw, self.depth)))
+            self._collected.append(Leak(held.description, True, locations(raw, self.depth)))
 
     # -- decorators ---------------------------------------------------------------------------
 
@@ -347,13 +253,13 @@ class ResourceTracker:
             @functools.wraps(func)
             async def acquire_async(*args: Any, **kwargs: Any) -> Any:
                 resource = await func(*args, **kwargs)
-                return self._acquire(resource, _raw_stack(sys._getframe(0), self.depth))
+                return self._acquire(resource, raw_stack(sys._getframe(0), self.depth))
 
             return cast(_F, acquire_async)
 
         @functools.wraps(func)
         def acquire(*args: Any, **kwargs: Any) -> Any:
-            return self._acquire(func(*args, **kwargs), _raw_stack(sys._getframe(0), self.depth))
+            return self._acquire(func(*args, **kwargs), raw_stack(sys._getframe(0), self.depth))
 
         return cast(_F, acquire)
 
@@ -404,7 +310,7 @@ class ResourceTracker:
             @functools.wraps(func)
             async def release_async(*args: Any, **kwargs: Any) -> Any:
                 result = await func(*args, **kwargs)
-                self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0), self.depth))
+                self._release(resource_of(args, kwargs), raw_stack(sys._getframe(0), self.depth))
                 return result
 
             return cast(_F, release_async)
@@ -412,7 +318,7 @@ class ResourceTracker:
         @functools.wraps(func)
         def release(*args: Any, **kwargs: Any) -> Any:
             result = func(*args, **kwargs)
-            self._release(resource_of(args, kwargs), _raw_stack(sys._getframe(0), self.depth))
+            self._release(resource_of(args, kwargs), raw_stack(sys._getframe(0), self.depth))
             return result
 
         return cast(_F, release)
@@ -449,14 +355,17 @@ class ResourceTracker:
             collected = list(self._collected)
         holders = _holders(loop, held) if loop is not None else {}
         still = [
-            Leak(h.description, False, _locations(raw, self.depth), holders.get(h.key, ""))
+            Leak(h.description, False, locations(raw, self.depth), holders.get(h.key, ""))
             for h in held
             for raw in h.stacks
         ]
         return still + collected
 
-    def assert_all_released(self) -> None:
+    def assert_all_released(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Raise :class:`ResourceLeakError` listing every leaked resource and where it came from.
+
+        With ``loop`` (a loop that is not running, such as a test's loop after the test), each
+        resource still held also names the pending task of that loop that references it.
 
         Example::
 
@@ -465,7 +374,7 @@ class ResourceTracker:
             #   Connection('db') (still held), acquired at
             #       service.py:14 in handle: conn = await pool.acquire()
         """
-        error = self._error(None)
+        error = self._error(loop)
         if error is not None:
             raise error
 

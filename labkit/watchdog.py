@@ -39,9 +39,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.hygiene import _task_label
+from labkit._stacks import Raw, format_stack, locations, task_label
 from labkit.trace import Location
-from labkit.tracker import _format_stack, _locations, _Raw
 
 __all__ = ["BlockingCall", "BlockingCallError", "Watchdog"]
 
@@ -68,7 +67,7 @@ class BlockingCall:
         head = (
             f"{self.culprit} blocked the event loop for more than {self.threshold:g} s of real time"
         )
-        return f"{head}\n{_format_stack(self.stack, '    ')}"
+        return f"{head}\n{format_stack(self.stack, '    ')}"
 
 
 class BlockingCallError(AssertionError):
@@ -115,8 +114,8 @@ def _callback_frame(leaf: types.FrameType | None) -> types.FrameType | None:
     return outermost_coroutine
 
 
-def _stack_until(leaf: types.FrameType, callback: types.FrameType) -> tuple[_Raw, ...]:
-    raw: list[_Raw] = []
+def _stack_until(leaf: types.FrameType, callback: types.FrameType) -> tuple[Raw, ...]:
+    raw: list[Raw] = []
     frame: types.FrameType | None = leaf
     while frame is not None:
         raw.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_qualname))
@@ -247,11 +246,11 @@ class Watchdog:
             elif now - run_since >= self.threshold:
                 if run_block is None:
                     culprit = (
-                        _task_label(task)
+                        task_label(task)
                         if task is not None
                         else f"callback {callback.f_code.co_qualname}()"
                     )
-                    stack = _locations(_stack_until(leaf, callback), 8)
+                    stack = locations(_stack_until(leaf, callback), 8)
                     run_block = len(self._blocks)
                     self._blocks.append(
                         BlockingCall(culprit, stack, self.threshold, now - run_since)

@@ -56,7 +56,7 @@ def _free_port() -> int:
 
 def _solution_source() -> str:
     """The instructor's solution for the exercise, with the region markers removed."""
-    source = json.loads((REPO / "lessons" / LESSON).read_text())
+    source = json.loads((REPO / "instructor" / LESSON).read_text())
     for cell in source["cells"]:
         meta = cell["metadata"].get("labkit", {})
         if meta.get("exercise") == EXERCISE and meta.get("role") == "solution":

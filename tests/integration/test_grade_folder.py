@@ -59,7 +59,7 @@ GOOD: dict[str, tuple[dict[str, str], float, float]] = {
     "cheater": (
         {
             **SOLVED,
-            "ex1_solution": L.WRONG_98_1 + "\nimport labkit.exercise as ex\n"
+            "ex1_solution": L.WRONG_98_1 + "\nimport labkit.course.exercise as ex\n"
             "ex.check = lambda *a, **k: None\ncheck = ex.check",
         },
         1,
@@ -182,7 +182,7 @@ def test_grading_a_folder_gives_each_notebook_its_points(tmp_path: Path) -> None
     assert "SIGSEGV" in (feedback / "crasher" / "98-grading-fixture.md").read_text()
     assert "MemoryError" in (feedback / "hog" / "98-grading-fixture.md").read_text()
     cheat = (feedback / "cheater" / "98-grading-fixture.md").read_text()
-    assert "labkit.exercise.check was replaced" in cheat
+    assert "labkit.course.exercise.check was replaced" in cheat
 
     # A second run grades nothing; a changed notebook is graded again, alone.
     again = grade(tmp_path, folder)

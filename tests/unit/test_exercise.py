@@ -1,4 +1,4 @@
-"""labkit.exercise: check_test and check grade learner code and report deterministically."""
+"""labkit.course.exercise: check_test and check grade learner code and report deterministically."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from labkit.exercise import CheckResult, check, check_test
+from labkit.course.exercise import CheckResult, check, check_test
 
 
 def _add(a: int, b: int) -> int:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli
-from labkit.gradebook import ExerciseGrade, Grade, Gradebook, GradebookError, export_csv, table
+from labkit.course import cli
+from labkit.course.grading.gradebook import (
+    ExerciseGrade,
+    Grade,
+    Gradebook,
+    GradebookError,
+    export_csv,
+    table,
+)
 
 
 def make(learner: str = "ann", sha: str = "a" * 64, points: float = 2, **extra: object) -> Grade:

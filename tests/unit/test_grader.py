@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labkit import cli
-from labkit.feedback import render_markdown, write_feedback
-from labkit.gradebook import ExerciseGrade, Grade, Gradebook
-from labkit.grader import Progress, find_submissions, score
-from labkit.sandbox import Cell, CellRun, Limits, SandboxResult
-from labkit.submission import (
+from labkit.course import cli
+from labkit.course.grading.feedback import render_markdown, write_feedback
+from labkit.course.grading.gradebook import ExerciseGrade, Grade, Gradebook
+from labkit.course.grading.grader import Progress, find_submissions, score
+from labkit.course.grading.sandbox import Cell, CellRun, Limits, SandboxResult
+from labkit.course.grading.submission import (
     Lesson,
     SubmissionError,
     learner_name,
@@ -539,7 +539,7 @@ def _grade_mangled(tmp_path: Path, data: bytes) -> int:
             book.record(earlier)
     path = tmp_path / "mallory.ipynb"
     path.write_bytes(data)
-    with mock.patch("labkit.grader.run_cells", _fake_run):
+    with mock.patch("labkit.course.grading.grader.run_cells", _fake_run):
         code, _, err = _grade(tmp_path, path, extra=("--regrade",))
     assert code in (0, 1), err
     assert "Traceback" not in err

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import lab
-from labkit.cli import main
+from labkit.course import lab
+from labkit.course.cli import main
 
 
 def test_plan_binds_loopback_with_token_and_kit_settings(tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from labkit.cli import main
-from labkit.lesson import (
+from labkit.course.build import (
     LessonError,
     build,
     check_up_to_date,
@@ -20,7 +19,9 @@ from labkit.lesson import (
     learner_notebook,
     locked_hash,
     replace_regions,
+    write_source,
 )
+from labkit.course.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,19 +54,18 @@ def _cell(kind: str, source: str, cell_id: str, **labkit: str) -> Any:
     return cell
 
 
-def _lesson(root: Path, cells: list[Any], name: str = "07-doubling.ipynb", number: int = 7) -> Path:
+def _lesson(root: Path, cells: list[Any], name: str = "07-doubling.md", number: int = 7) -> Path:
     nb = new_notebook(cells=cells)
     nb.metadata["labkit"] = {"lesson": number, "title": "Doubling"}
     path = root / "lessons" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
+    write_source(nb, path)
     return path
 
 
 def _good_cells(solution: str = SOLUTION) -> list[Any]:
     return [
         _cell("md", "# Doubling", "intro"),
-        _cell("code", "from labkit.exercise import check", "setup"),
+        _cell("code", "from labkit.course.exercise import check", "setup"),
         _cell("code", solution, "ex1-solution", exercise="7.1", role="solution"),
         _cell("code", CHECK, "ex1-check", exercise="7.1", role="check"),
         _cell("code", HIDDEN, "ex1-hidden", exercise="7.1", role="hidden"),
@@ -147,7 +147,7 @@ def _error(tmp_path: Path, cells: list[Any], **kwargs: Any) -> str:
 def test_a_duplicate_exercise_id_is_named(tmp_path: Path) -> None:
     cells = [*_good_cells(), _cell("code", CHECK, "again", exercise="7.1", role="check")]
     message = _error(tmp_path, cells)
-    assert "07-doubling.ipynb, cell 6 (id again): duplicate exercise id 7.1" in message
+    assert "07-doubling.md, cell 6 (id again): duplicate exercise id 7.1" in message
 
 
 def test_an_exercise_without_a_check_cell_is_named(tmp_path: Path) -> None:
@@ -172,22 +172,20 @@ def test_markers_outside_a_solution_cell_are_named(tmp_path: Path) -> None:
 def test_unbalanced_markers_name_the_lesson_and_cell(tmp_path: Path) -> None:
     broken = "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n"
     message = _error(tmp_path, _good_cells(broken))
-    assert message.startswith(str(tmp_path / "lessons" / "07-doubling.ipynb") + ", cell 3")
+    assert message.startswith(str(tmp_path / "lessons" / "07-doubling.md") + ", cell 3")
     assert "never closed" in message
 
 
 def test_a_missing_lesson_number_is_named(tmp_path: Path) -> None:
     path = _lesson(tmp_path, _good_cells())
-    nb = nbformat.read(str(path), as_version=4)
-    nb.metadata["labkit"] = {"lesson": 3, "title": "x"}
-    nbformat.write(nb, str(path))
+    path.write_text(path.read_text().replace("  lesson: 7\n", "  lesson: 3\n"))
     with pytest.raises(LessonError, match=re.escape('needs "labkit": {"lesson": 7')):
         learner_notebook(find_lessons(tmp_path)[0])
 
 
 def test_a_badly_named_source_is_named(tmp_path: Path) -> None:
-    _lesson(tmp_path, _good_cells(), name="7-Doubling.ipynb")
-    with pytest.raises(LessonError, match=r"NN-slug\.ipynb"):
+    _lesson(tmp_path, _good_cells(), name="7-Doubling.md")
+    with pytest.raises(LessonError, match=r"NN-slug\.md"):
         find_lessons(tmp_path)
 
 
@@ -252,10 +250,8 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     assert check_up_to_date(lessons) == []
 
     # --check notices an edited source, and names the fix.
-    path = tmp_path / "lessons" / "07-doubling.ipynb"
-    nb = nbformat.read(str(path), as_version=4)
-    nb.cells[0].source = "# Doubling, revised"
-    nbformat.write(nb, str(path))
+    path = tmp_path / "lessons" / "07-doubling.md"
+    path.write_text(path.read_text().replace("# Doubling\n", "# Doubling, revised\n"))
     assert main(["build", "--check", "--root", str(tmp_path)]) == 1
     problems = check_up_to_date(find_lessons(tmp_path))
     assert any("notebooks/07-doubling.ipynb is out of date" in p for p in problems)
@@ -270,7 +266,7 @@ def test_a_cell_that_fails_names_the_lesson_cell_and_error(
     assert main(["build", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
-        f"labkit build: {tmp_path / 'lessons' / '07-doubling.ipynb'}, cell 6 (id boom) failed: "
+        f"labkit build: {tmp_path / 'lessons' / '07-doubling.md'}, cell 6 (id boom) failed: "
         "ZeroDivisionError: division by zero"
     )
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit.sandbox import Cell, Limits, SandboxResult, run_cells
+from labkit.course.grading.sandbox import Cell, Limits, SandboxResult, run_cells
 
 FAST = Limits(wall=60, cpu=30, memory_mb=1024, cell=2)
-CHECK = 'from labkit.exercise import check\ncheck("1.1", lambda: None)'
+CHECK = 'from labkit.course.exercise import check\ncheck("1.1", lambda: None)'
 
 
 def by_id(result: SandboxResult) -> dict[str, object]:
@@ -146,10 +146,10 @@ def test_hidden_cells_are_not_readable_while_learner_code_runs() -> None:
 
 def test_patching_the_grading_functions_is_undone_and_reported() -> None:
     cells = [
-        Cell("setup", "from labkit.exercise import check", "locked"),
+        Cell("setup", "from labkit.course.exercise import check", "locked"),
         Cell(
             "cheat",
-            "import labkit.exercise as ex\n"
+            "import labkit.course.exercise as ex\n"
             "ex.check = lambda *a, **k: None\n"
             "check = lambda *a, **k: None\n"
             "ex.check_test.__code__ = (lambda *a, **k: None).__code__",
@@ -160,15 +160,19 @@ def test_patching_the_grading_functions_is_undone_and_reported() -> None:
     result = run_cells(cells, [], FAST)
     assert [r["status"] for r in by_id(result)["visible"].results] == ["solved"]  # type: ignore[attr-defined]
     joined = " ".join(result.tampering)
-    assert "labkit.exercise.check was replaced" in joined
+    assert "labkit.course.exercise.check was replaced" in joined
     assert "'check' was rebound" in joined
-    assert "code of labkit.exercise.check_test" in joined
+    assert "code of labkit.course.exercise.check_test" in joined
 
 
 def test_a_cell_that_stays_honest_raises_no_tampering() -> None:
     cells = [
-        Cell("setup", "from labkit.exercise import check", "locked"),
-        Cell("tune", "import labkit.exercise\nlabkit.exercise.DEFAULT_TIME_LIMIT = 5", "locked"),
+        Cell("setup", "from labkit.course.exercise import check", "locked"),
+        Cell(
+            "tune",
+            "import labkit.course.exercise\nlabkit.course.exercise.DEFAULT_TIME_LIMIT = 5",
+            "locked",
+        ),
         Cell("mine", "def helper():\n    return 1", "learner"),
         Cell("visible", 'check("1.1", lambda: None)', "check", "1.1"),
     ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.sandbox import Cell, CellKind
+from labkit.course.grading.sandbox import Cell, CellKind
 
 __all__ = [
     "Lesson",

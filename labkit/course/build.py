@@ -1,7 +1,8 @@
 """Lessons: build learner and instructor notebooks from the lesson sources (``labkit build``).
 
-A source notebook ``lessons/NN-slug.ipynb`` holds everything: explanations, worked examples,
-solution regions and hidden checks (the format is in ``docs/exercises.md``). The build writes
+A lesson's source ``lessons/NN-slug.md`` is text a reviewer reads as prose and code: a notebook in
+jupytext's MyST Markdown format holding everything (explanations, worked examples, solution
+regions and hidden checks; the format is in ``docs/exercises.md``). The build writes
 
 * ``notebooks/NN-slug.ipynb``, the learner version: solution regions replaced by a placeholder,
   hidden cells removed, outputs cleared;
@@ -45,8 +46,10 @@ __all__ = [
     "find_lessons",
     "learner_notebook",
     "locked_hash",
+    "read_source",
     "replace_regions",
     "run",
+    "write_source",
 ]
 
 ROLES = ("solution", "check", "hidden")
@@ -54,7 +57,7 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 MANIFEST_VERSION = 1
 KERNEL_SPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-_NAME = re.compile(r"(\d\d)-([a-z0-9]+(?:-[a-z0-9]+)*)\.ipynb")
+_NAME = re.compile(r"(\d\d)-([a-z0-9]+(?:-[a-z0-9]+)*)\.md")
 _EXERCISE = re.compile(r"(\d+)\.(\d+)")
 
 
@@ -68,7 +71,7 @@ class Lesson:
 
     Example::
 
-        lesson = Lesson.from_source(Path("lessons/04-backpressure.ipynb"))
+        lesson = Lesson.from_source(Path("lessons/04-backpressure.md"))
         assert lesson.code == "04" and lesson.learner == Path("notebooks/04-backpressure.ipynb")
     """
 
@@ -79,12 +82,12 @@ class Lesson:
 
     @classmethod
     def from_source(cls, path: Path) -> Lesson:
-        """The lesson whose source is ``path`` (``<root>/lessons/NN-slug.ipynb``)."""
+        """The lesson whose source is ``path`` (``<root>/lessons/NN-slug.md``)."""
         match = _NAME.fullmatch(path.name)
         if match is None:
             raise LessonError(
-                f"{path}: a lesson source is named NN-slug.ipynb (two digits, then lowercase "
-                "words joined by dashes), e.g. 04-backpressure.ipynb"
+                f"{path}: a lesson source is named NN-slug.md (two digits, then lowercase "
+                "words joined by dashes), e.g. 04-backpressure.md"
             )
         return cls(int(match.group(1)), match.group(2), path, path.parent.parent)
 
@@ -95,8 +98,8 @@ class Lesson:
 
     @property
     def name(self) -> str:
-        """The file name shared by the three versions."""
-        return self.source.name
+        """The file name of the two generated notebooks (``NN-slug.ipynb``)."""
+        return f"{self.code}-{self.slug}.ipynb"
 
     @property
     def learner(self) -> Path:
@@ -131,7 +134,8 @@ def find_lessons(root: Path, selectors: Iterable[str] = ()) -> list[Lesson]:
     if not folder.is_dir():
         raise LessonError(f"{folder} does not exist: run labkit build from the kit's root folder")
     lessons = sorted(
-        (Lesson.from_source(path) for path in folder.glob("*.ipynb")), key=lambda x: x.number
+        (Lesson.from_source(p) for p in folder.glob("*.md") if p.name != "README.md"),
+        key=lambda x: x.number,
     )
     numbers = [lesson.number for lesson in lessons]
     for number in set(numbers):
@@ -156,13 +160,65 @@ def find_lessons(root: Path, selectors: Iterable[str] = ()) -> list[Lesson]:
     return chosen
 
 
-def _read(lesson: Lesson) -> Any:
-    nbformat = _nbformat()
+def read_source(path: Path) -> Any:
+    """A lesson source (MyST Markdown) as a notebook whose cells carry their stable ids.
+
+    Each cell's id is written in the source as the cell's ``id`` option (``:id: setup`` or
+    ``+++ {"id": "title"}``); the notebook's ``labkit`` metadata sits in the front matter.
+
+    Example::
+
+        nb = read_source(Path("lessons/00-getting-started.md"))
+        assert nb.cells[0].id == "title"
+    """
+    import jupytext
 
     try:
-        nb = nbformat.read(str(lesson.source), as_version=4)
+        nb = jupytext.read(str(path), fmt="md:myst")
     except Exception as exc:
-        raise LessonError(f"{lesson.source}: not a readable notebook ({exc})") from None
+        raise LessonError(f"{path}: not a readable MyST lesson ({exc})") from None
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for index, cell in enumerate(nb.cells):
+        ident = cell.metadata.pop("id", None)
+        if not isinstance(ident, str) or not ident:
+            raise LessonError(
+                f"{path}, cell {index + 1}: the cell has no id; give it one with an `:id: name` "
+                'line after ```{code-cell}, or `+++ {"id": "name"}` before a text cell'
+            )
+        cell["id"] = ident
+    nb.metadata.pop("jupytext", None)
+    return nb
+
+
+def write_source(nb: Any, path: Path) -> None:
+    """Write a notebook as a lesson source: MyST Markdown, each cell's id kept as its ``id``.
+
+    The inverse of :func:`read_source`: a notebook drafted in JupyterLab becomes a source.
+
+    Example::
+
+        write_source(nbformat.read("draft.ipynb", as_version=4), Path("lessons/12-new.md"))
+    """
+    import jupytext
+
+    out = copy.deepcopy(nb)
+    for cell in out.cells:
+        cell.metadata = {"id": cell.get("id"), **cell.metadata}
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    out.metadata = {
+        "kernelspec": dict(KERNEL_SPEC),
+        "labkit": out.metadata.get("labkit", {}),
+        "jupytext": {"notebook_metadata_filter": "labkit", "cell_metadata_filter": "all"},
+    }
+    text: str = jupytext.writes(out, fmt="md:myst")
+    text = re.sub(r"  text_representation:\n(?:    .*\n)+", "", text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _read(lesson: Lesson) -> Any:
+    nb = read_source(lesson.source)
     _validate(lesson, nb)
     return nb
 
@@ -426,7 +482,7 @@ def learner_notebook(lesson: Lesson, nb: Any | None = None) -> Any:
 
     Example::
 
-        nb = learner_notebook(Lesson.from_source(Path("lessons/00-getting-started.ipynb")))
+        nb = learner_notebook(Lesson.from_source(Path("lessons/00-getting-started.md")))
     """
     nb = _read(lesson) if nb is None else nb
     out = _base_notebook(nb, "learner", _source_hash(nb))
@@ -682,7 +738,7 @@ def _points(lesson: Lesson, nb: Any, results: list[dict[str, Any]]) -> dict[str,
         if key not in points:
             raise LessonError(
                 f"{lesson.source}: exercise {key}: no check call reported a result; its check "
-                f'cell must call labkit.exercise.check_test("{key}", ...) or check("{key}", ...)'
+                f'cell must call check_test("{key}", ...) or check("{key}", ...) from labkit.course'
             )
     unknown = sorted(set(points) - set(_exercises(lesson, nb)))
     if unknown:

@@ -1,13 +1,13 @@
 """The sandbox: run a learner's notebook cells in a child process with limits, then hidden cells.
 
-A learner's notebook is untrusted code. :func:`run_cells` starts a fresh Python process
-(``python -I -m labkit.sandbox``) in an empty temporary directory with a scrubbed environment,
-limits its CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``), file sizes and wall time,
-and sends it the learner's cells over a pipe. Only when every learner cell has run does it send
-the hidden cells, so they are never in the child's files, arguments or environment while learner
-code runs. When the grader runs as root the child also gets its own mount and network
-namespaces (the instructor files, the lesson sources and the gradebook are covered by empty
-mounts; there is no network but a private loopback) and then drops to the user ``nobody``.
+A learner's notebook is untrusted code. :func:`run_cells` starts a fresh Python process (``python
+-I -m labkit.course.grading.sandbox``) in an empty temporary directory with a scrubbed environment,
+limits its CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``), file sizes and wall time, and
+sends it the learner's cells over a pipe. Only when every learner cell has run does it send the
+hidden cells, so they are never in the child's files, arguments or environment while learner code
+runs. When the grader runs as root the child also gets its own mount and network namespaces (the
+instructor files, the lesson sources and the gradebook are covered by empty mounts; there is no
+network but a private loopback) and then drops to the user ``nobody``.
 
 Each cell runs in an IPython shell (so magics and top-level ``await`` work as in JupyterLab)
 under a per-cell time limit. Results lines of the checks (``docs/exercises.md``) are read back
@@ -211,7 +211,7 @@ class _Parent:
                 entry = pwd.getpwnam(_NOBODY)
                 os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "labkit.sandbox"],
+            [sys.executable, "-I", "-m", "labkit.course.grading.sandbox"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -363,7 +363,7 @@ class _Parent:
             self._stop(
                 "broken",
                 f"the grading process failed to start (exit status {code}); check that "
-                f"`{sys.executable} -I -m labkit.sandbox` can import labkit",
+                f"`{sys.executable} -I -m labkit.course.grading.sandbox` can import labkit",
             )
         else:
             self._stop(
@@ -571,7 +571,7 @@ class _Guard:
     """Remembers the grading functions as they were; restores them if learner code patched them."""
 
     def __init__(self) -> None:
-        import labkit.exercise as exercise
+        import labkit.course.exercise as exercise
 
         self.module = exercise
         self.originals: dict[str, Any] = {}
@@ -598,12 +598,12 @@ class _Guard:
         current = vars(self.module)
         for name, value in self.originals.items():
             if current.get(name) is not value:
-                changed.append(f"labkit.exercise.{name} was replaced")
+                changed.append(f"labkit.course.exercise.{name} was replaced")
                 setattr(self.module, name, value)
         for name, code in self.codes.items():
             func = self.originals[name]
             if func.__code__ is not code:
-                changed.append(f"the code of labkit.exercise.{name} was replaced")
+                changed.append(f"the code of labkit.course.exercise.{name} was replaced")
                 func.__code__ = code
         for name, value in self.bindings.items():
             if namespace.get(name) is not value:

@@ -17,7 +17,7 @@ import html
 import re
 from pathlib import Path
 
-from labkit.gradebook import Grade
+from labkit.course.grading.gradebook import Grade
 
 __all__ = ["feedback_path", "render_html", "render_markdown", "write_feedback"]
 

@@ -1,10 +1,11 @@
 """The grader: `labkit grade` runs learners' notebooks in sandboxes, scores them, keeps a gradebook.
 
-For each submission it validates the notebook (:mod:`labkit.submission`), skips it if the
-gradebook already holds a grade for the same content and lesson build, runs it in its own
-sandboxed process (:mod:`labkit.sandbox`), turns the checks' results lines into points per
-exercise (:func:`score`), commits the grade (:mod:`labkit.gradebook`) and writes the learner's
-feedback file (:mod:`labkit.feedback`). ``--jobs`` runs several sandboxes at once. Bad input is
+For each submission it validates the notebook (:mod:`~labkit.course.grading.submission`), skips
+it if the gradebook already holds a grade for the same content and lesson build, runs it in its
+own sandboxed process (:mod:`~labkit.course.grading.sandbox`), turns the checks' results lines
+into points per exercise (:func:`score`), commits the grade
+(:mod:`~labkit.course.grading.gradebook`) and writes the learner's feedback file
+(:mod:`~labkit.course.grading.feedback`). ``--jobs`` runs several sandboxes at once. Bad input is
 one line on stderr and never stops the others.
 
 Example::
@@ -24,10 +25,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import labkit
-from labkit.feedback import feedback_path, write_feedback
-from labkit.gradebook import DEFAULT_PATH, ExerciseGrade, Grade, Gradebook, GradebookError, table
-from labkit.sandbox import Limits, SandboxResult, run_cells, stop_all
-from labkit.submission import (
+from labkit.course.grading.feedback import feedback_path, write_feedback
+from labkit.course.grading.gradebook import (
+    DEFAULT_PATH,
+    ExerciseGrade,
+    Grade,
+    Gradebook,
+    GradebookError,
+    table,
+)
+from labkit.course.grading.sandbox import Limits, SandboxResult, run_cells, stop_all
+from labkit.course.grading.submission import (
     DEFAULT_MAX_BYTES,
     Lesson,
     Submission,

@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from labkit.link import DEFAULT_CAPACITY, MemoryLink, Pipe
-from labkit.transport import DEFAULT_READ_SIZE, MockTransport
+from labkit.mocks.link import DEFAULT_CAPACITY, MemoryLink, Pipe
+from labkit.mocks.transport import DEFAULT_READ_SIZE, MockTransport
 
 __all__ = ["MemoryConnection", "StreamEnd", "memory_connection"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["LabError", "LabPlan", "configure", "plan", "run"]
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 _INDEX = "README.md"
 
 

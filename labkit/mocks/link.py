@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 
-from labkit.transport import MockTransport
+from labkit.mocks.transport import MockTransport
 
 __all__ = ["DEFAULT_CAPACITY", "MemoryLink", "Pipe"]
 

@@ -1,4 +1,4 @@
-"""labkit.jupyter: the notebook's pytest plugin keeps reports free of what changes per run."""
+"""labkit.course.notebook: the pytest plugin keeps notebook reports free of what changes per run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.jupyter import PYTEST_ARGS, clean_text
+from labkit.course.notebook import PYTEST_ARGS, clean_text
 
 pytest_plugins = ["pytester"]
 
@@ -48,7 +48,7 @@ def test_the_plugin_drops_the_duration_from_the_summary(pytester: pytest.Pyteste
             assert [object()] == []
         """
     )
-    result = pytester.runpytest_inprocess(*QUIET, "-p", "labkit.jupyter")
+    result = pytester.runpytest_inprocess(*QUIET, "-p", "labkit.course.notebook")
     text = result.stdout.str()
     assert result.ret == 1
     assert text.rstrip().endswith("1 failed, 1 passed")
@@ -64,7 +64,7 @@ def test_without_the_plugin_pytest_prints_a_duration(pytester: pytest.Pytester) 
 
 def test_the_notebook_arguments_set_the_loop_scope_and_run_quietly() -> None:
     assert "asyncio_default_fixture_loop_scope=function" in PYTEST_ARGS
-    assert "labkit.jupyter" in PYTEST_ARGS
+    assert "labkit.course.notebook" in PYTEST_ARGS
     assert "--color=no" in PYTEST_ARGS
 
 

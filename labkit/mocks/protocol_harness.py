@@ -14,8 +14,8 @@ import errno
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from labkit.fragment import fragment
-from labkit.transport import MockTransport
+from labkit.mocks.fragment import fragment
+from labkit.mocks.transport import MockTransport
 
 __all__ = ["ProtocolHarness", "bytes_diff"]
 

@@ -17,9 +17,9 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from labkit.link import DEFAULT_CAPACITY, MemoryLink
-from labkit.stream import STREAM_LIMIT, MemoryConnection, StreamEnd
-from labkit.transport import DEFAULT_READ_SIZE, MockTransport
+from labkit.mocks.link import DEFAULT_CAPACITY, MemoryLink
+from labkit.mocks.stream import STREAM_LIMIT, MemoryConnection, StreamEnd
+from labkit.mocks.transport import DEFAULT_READ_SIZE, MockTransport
 
 __all__ = ["MemoryNetwork", "MemoryServer"]
 

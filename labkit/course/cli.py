@@ -13,17 +13,35 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["NEEDS", "main", "missing_tools"]
 
 _COMMANDS = {
-    "lab": ("labkit.lab", "start JupyterLab on the lessons"),
-    "build": ("labkit.lesson", "generate learner and instructor notebooks from lessons/"),
-    "grade": ("labkit.grader", "grade learners' notebooks"),
-    "gradebook": ("labkit.gradebook", "inspect or export the gradebook"),
+    "lab": ("labkit.course.lab", "start JupyterLab on the lessons"),
+    "build": ("labkit.course.build", "generate learner and instructor notebooks from lessons/"),
+    "grade": ("labkit.course.grading.grader", "grade learners' notebooks"),
+    "gradebook": ("labkit.course.grading.gradebook", "inspect or export the gradebook"),
 }
+#: What each command imports from the ``labkit[course]`` extra (the library needs none of it).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "lab": ("jupyterlab", "ipykernel"),
+    "build": ("jupytext", "nbformat", "nbclient", "ipykernel", "ipytest"),
+    "grade": ("nbformat", "IPython", "ipytest", "ipykernel"),
+    "gradebook": (),
+}
+
+
+def missing_tools(command: str) -> list[str]:
+    """The modules of the ``labkit[course]`` extra that ``command`` needs and cannot import.
+
+    Example::
+
+        missing_tools("build")   # [] in the kit's environment; ["jupytext", ...] elsewhere
+    """
+    return [name for name in NEEDS.get(command, ()) if importlib.util.find_spec(name) is None]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = _parser().parse_args(argv)
+    absent = missing_tools(args.command)
+    if absent:
+        print(
+            f"labkit {args.command}: needs the course tools, which are not installed (missing: "
+            f"{', '.join(absent)}); install them with: pip install 'labkit[course]'",
+            file=sys.stderr,
+        )
+        return 2
     missing = getattr(args, "_missing", None)
     if missing:
         print(f"labkit {args.command}: not available ({missing})", file=sys.stderr)
