@@ -21,6 +21,7 @@ from labkit.cancellation import (
     run_cancel_sweep,
     timeout_at_every_await,
 )
+from labkit.checkpoints import assert_checkpoints, assert_no_checkpoints
 from labkit.clock import VirtualClock
 from labkit.deadlock import DeadlockError
 from labkit.explore import Exploration, ExplorationFailure, Run, explore, record, replay
@@ -93,6 +94,8 @@ __all__ = [
     "Watchdog",
     "advance",
     "assert_blocks",
+    "assert_checkpoints",
+    "assert_no_checkpoints",
     "bytes_diff",
     "cancel_at_every_await",
     "explore",
