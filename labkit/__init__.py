@@ -23,6 +23,15 @@ from labkit.cancellation import (
 )
 from labkit.checkpoints import assert_checkpoints, assert_no_checkpoints
 from labkit.clock import VirtualClock
+from labkit.conformance import (
+    STREAM_CHECKS,
+    TRANSPORT_CHECKS,
+    ConformanceError,
+    ConformanceReport,
+    TransportPeer,
+    check_stream_pair,
+    check_transport,
+)
 from labkit.deadlock import DeadlockError
 from labkit.explore import Exploration, ExplorationFailure, Run, explore, record, replay
 from labkit.fragment import fragment
@@ -51,11 +60,15 @@ from labkit.watchdog import BlockingCall, BlockingCallError, Watchdog
 __all__ = [
     "FIFO",
     "PCT",
+    "STREAM_CHECKS",
+    "TRANSPORT_CHECKS",
     "Blocked",
     "BlockingCall",
     "BlockingCallError",
     "CancelSweep",
     "CancelSweepError",
+    "ConformanceError",
+    "ConformanceReport",
     "CountingQueue",
     "DeadlockError",
     "Exhaustive",
@@ -89,6 +102,7 @@ __all__ = [
     "TaskTracker",
     "Throughput",
     "Trace",
+    "TransportPeer",
     "VirtualClock",
     "VirtualTimeLoop",
     "Watchdog",
@@ -98,6 +112,8 @@ __all__ = [
     "assert_no_checkpoints",
     "bytes_diff",
     "cancel_at_every_await",
+    "check_stream_pair",
+    "check_transport",
     "explore",
     "format_timeline",
     "fragment",
