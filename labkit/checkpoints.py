@@ -21,33 +21,49 @@ loop can only run it once the task has suspended, and anything that resumes the 
 after it, so "the callback ran by the end of the block" is exactly "the task yielded at least
 once". This holds on asyncio's own loop, on labkit's virtual loop and on uvloop, with or
 without eager tasks; it uses the public API only.
+
+Example::
+
+    with labkit.assert_checkpoints():
+        await client.fetch()          # fails if fetch() never yields (say, an AsyncMock inside)
+    with labkit.assert_no_checkpoints():
+        cache.update(key, value)      # fails if another task could run in the middle
+        await cache.flush_if_full()
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import types
+from typing import Any
 
 from labkit.backpressure import suspended_at
 
 __all__ = ["assert_checkpoints", "assert_no_checkpoints"]
 
 
-class _Probe:
-    """A callback queued on entry; whether it ran tells whether the task yielded."""
+class _Probe(contextlib.AbstractContextManager[None]):
+    """The context manager: a callback queued on entry; whether it ran tells if the task yielded."""
 
-    def __init__(self, who: str) -> None:
+    def __init__(self, expected: bool) -> None:
+        self.expected = expected
+        self.who = "assert_checkpoints()" if expected else "assert_no_checkpoints()"
+        self.task: asyncio.Task[Any] | None = None
+        self.ran = False
+        self.where = ""
+        self.handle: asyncio.Handle | None = None
+
+    def __enter__(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
-                f"{who} needs a running event loop: use it inside a coroutine "
-                f"(an `async def` test), as `with labkit.{who}: await ...`"
+                f"{self.who} needs a running event loop: use it inside a coroutine "
+                f"(an `async def` test), as `with labkit.{self.who}: await ...`"
             ) from None
         self.task = asyncio.current_task(loop)
         self.ran = False
-        self.where = ""
         self.handle = loop.call_soon(self._run)
 
     def _run(self) -> None:
@@ -55,12 +71,41 @@ class _Probe:
         if self.task is not None:
             self.where = suspended_at(self.task)
 
-    def stop(self) -> None:
-        self.handle.cancel()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        __tracebackhide__ = True
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.expected and exc is None and not self.ran:
+            raise AssertionError(
+                "assert_checkpoints(): the block finished without suspending the task even "
+                "once (no other callback ran between entering and leaving it), so it is no "
+                "checkpoint: every await in it completed at once. Likely causes: an AsyncMock "
+                "(its calls return at once, they never suspend), awaiting a future or task that "
+                "was already done, or awaits that all had their result at hand (an uncontended "
+                "Lock, a Queue with room, a drain() with nothing buffered). If the code must "
+                "yield here, make it (a fake can `await asyncio.sleep(0)` in its side_effect)"
+            )
+        if not self.expected and self.ran:
+            where = f" at {self.where}" if self.where else ""
+            how = (
+                " (and was cancelled while suspended)"
+                if isinstance(exc, asyncio.CancelledError)
+                else ""
+            )
+            raise AssertionError(
+                f"assert_no_checkpoints(): the block suspended the task{where}{how}: other "
+                "callbacks and tasks ran before it resumed. Something in it awaited a future "
+                "that was not done yet (a Queue that was full or empty, a Lock held by "
+                "another task, a sleep, I/O), or yielded with asyncio.sleep(0)"
+            ) from None if exc is None else exc
 
 
-@contextlib.contextmanager
-def assert_checkpoints() -> Iterator[None]:
+def assert_checkpoints() -> contextlib.AbstractContextManager[None]:
     """Assert that the block suspends the task to the event loop at least once (a checkpoint).
 
     Use it to prove that an operation really yields, so that other tasks get to run while it
@@ -77,32 +122,16 @@ def assert_checkpoints() -> Iterator[None]:
         with labkit.assert_checkpoints():           # AssertionError: an AsyncMock never
             await fetch()                           # suspends
     """
-    __tracebackhide__ = True
-    probe = _Probe("assert_checkpoints()")
-    try:
-        yield
-    finally:
-        probe.stop()
-    if not probe.ran:
-        raise AssertionError(
-            "assert_checkpoints(): the block finished without suspending the task even once "
-            "(no other callback ran between entering and leaving it), so it is no checkpoint: "
-            "every await in it completed at once. Likely causes: an AsyncMock (its calls "
-            "return at once, they never suspend), awaiting a future or task that was already "
-            "done, or awaits that all had their result at hand (an uncontended Lock, a Queue "
-            "with room, a drain() with nothing buffered). If the code must yield here, make it "
-            "(a fake can `await asyncio.sleep(0)` in its side_effect)"
-        )
+    return _Probe(expected=True)
 
 
-@contextlib.contextmanager
-def assert_no_checkpoints() -> Iterator[None]:
+def assert_no_checkpoints() -> contextlib.AbstractContextManager[None]:
     """Assert that the block never suspends the task: no other task or callback runs inside it.
 
     Use it to prove that a critical section is atomic with respect to the other tasks (nothing
     can interleave with it, and no cancellation can land in it), or that a fast path really
     avoids the event loop. It is checked even when the block raises; the failure then names
-    that exception as its context.
+    that exception as its cause.
 
     Example::
 
@@ -113,22 +142,4 @@ def assert_no_checkpoints() -> Iterator[None]:
         with labkit.assert_no_checkpoints():        # AssertionError: the task suspended at
             await queue.put(2)                      # ... in asyncio Queue.put (it was full)
     """
-    __tracebackhide__ = True
-    probe = _Probe("assert_no_checkpoints()")
-    cancelled = False
-    try:
-        yield
-    except asyncio.CancelledError:
-        cancelled = True
-        raise
-    finally:
-        probe.stop()
-        if probe.ran:
-            where = f" at {probe.where}" if probe.where else ""
-            how = " (and was cancelled while suspended)" if cancelled else ""
-            raise AssertionError(
-                f"assert_no_checkpoints(): the block suspended the task{where}{how}: other "
-                "callbacks and tasks ran before it resumed. Something in it awaited a future "
-                "that was not done yet (a Queue that was full or empty, a Lock held by "
-                "another task, a sleep, I/O), or yielded with asyncio.sleep(0)"
-            )
+    return _Probe(expected=False)

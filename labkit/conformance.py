@@ -27,6 +27,12 @@ A check that waits for something (data, EOF, ``connection_lost``) gives up after
 ``step_timeout`` seconds, which on labkit's virtual loop cost no real time unless real
 sockets are involved. A check that something does *not* happen (a read with no data must
 wait) lets the loop run 50 rounds first.
+
+Example::
+
+    report = await labkit.check_stream_pair(labkit.memory_connection)
+    print(report)                     # memory_connection: 19 checks passed, 0 skipped
+    await labkit.check_transport(connect_my_fake)    # ConformanceError: one line per deviation
 """
 
 from __future__ import annotations
@@ -245,13 +251,15 @@ def _unexpected(error: BaseException) -> str:
     if not frames:
         return f"raised {_describe(error)}"
     last = frames[-1]
+    ours = [frame for frame in frames if frame.filename == __file__]
+    step = f", when the check ran `{ours[-1].line}`" if ours and ours[-1].line else ""
     if isinstance(error, NotImplementedError) and os.path.dirname(last.filename) == _ASYNCIO_DIR:
         return (
             f"{last.name}() is not implemented: the fake inherits asyncio's abstract "
-            "method, which raises NotImplementedError"
+            f"method, which raises NotImplementedError{step}"
         )
     place = f"{os.path.basename(last.filename)}:{last.lineno}"
-    return f"raised {_describe(error)} in {last.name}() ({place})"
+    return f"raised {_describe(error)} in {last.name}() ({place}){step}"
 
 
 def _subject(maker: object) -> str:
@@ -303,6 +311,7 @@ async def _run_checks(
     known: Mapping[str, str],
     skip: Collection[str],
 ) -> ConformanceReport:
+    __tracebackhide__ = True
     if isinstance(skip, str):
         skip = {skip}
     unknown = sorted(set(skip) - set(known))
@@ -373,6 +382,7 @@ async def check_stream_pair(
         await labkit.check_stream_pair(labkit.memory_connection)
         await labkit.check_stream_pair(make_my_fake_pair)      # ConformanceError: ...
     """
+    __tracebackhide__ = True
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an int >= 1 (bytes) or None, got {limit!r}")
     plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -649,7 +659,13 @@ async def _stream_close(ctx: _Run, a: End, b: End, limit: int | None) -> None:
     got = await _read_to_eof(ctx, rb, "the peer reading to EOF after close()")
     if got != b"last words":
         _fail(f"the peer read {_short(got)} then EOF; b'last words' was written before close()")
-    await _expect(ctx, ra.read(), b"", "this end's own read() after its close()")
+    await _expect(
+        ctx,
+        ra.read(),
+        b"",
+        "this end's own read() after its close() (asyncio's reader gets EOF when its "
+        "transport is lost)",
+    )
     try:
         await ctx.within(wa.drain(), "drain() after close()")
     except ConnectionError:
@@ -1067,6 +1083,7 @@ async def check_transport(
         await labkit.check_transport(socketpair_transport)
         await labkit.check_transport(mock_transport)
     """
+    __tracebackhide__ = True
     plan: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         (name, _transport_runner(connect, check, step_timeout)) for name, check in _TRANSPORT_PLAN
     ]

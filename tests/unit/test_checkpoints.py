@@ -12,6 +12,8 @@ import pytest
 
 import labkit
 
+pytest_plugins = ["pytester"]
+
 ALL_LOOPS = pytest.mark.asyncio(loop_factories=["asyncio", "uvloop", "virtual"])
 eager_only = pytest.mark.skipif(
     sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12"
@@ -254,3 +256,30 @@ async def test_an_eager_task_that_finishes_at_once_is_no_checkpoint_to_await() -
             assert await task == 1
     finally:
         loop.set_task_factory(None)
+
+
+# -- what a failing test shows ----------------------------------------------------------
+
+
+def test_a_failure_points_at_the_users_with_line_not_at_labkit(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_user="""
+        import unittest.mock
+        import pytest
+        import labkit
+
+        @pytest.mark.asyncio
+        async def test_fetch_yields():
+            fetch = unittest.mock.AsyncMock(return_value=b"x")
+            with labkit.assert_checkpoints():
+                await fetch()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    output = result.stdout.str()
+    assert result.ret == 1
+    assert ">       with labkit.assert_checkpoints():" in output
+    assert "E       AssertionError: assert_checkpoints(): the block finished" in output
+    assert "checkpoints.py" not in output
+    assert "contextlib.py" not in output

@@ -16,6 +16,8 @@ import pytest
 import labkit
 from labkit import ConformanceError, MemoryLink, MockTransport
 
+pytest_plugins = ["pytester"]
+
 BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["asyncio", "virtual"])
 VIRTUAL = pytest.mark.asyncio(loop_factories=["virtual"])  # a hang costs no real time there
 
@@ -991,7 +993,8 @@ async def test_a_naive_fake_fails_everything_one_line_each() -> None:
     )
     assert failures["basics"] == (
         "get_protocol() is not implemented: the fake inherits asyncio's abstract method, which "
-        "raises NotImplementedError"
+        "raises NotImplementedError, when the check ran `if transport.get_protocol() is not "
+        "recorder:`"
     )
     assert failures["close"].startswith("connection_lost() was called inside close()")
     assert failures["eof_received"].startswith(
@@ -1052,3 +1055,39 @@ def test_every_check_is_described() -> None:
     assert set(labkit.STREAM_CHECKS) == {label.split(" ")[0] for label in STREAM_LABELS}
     assert set(labkit.TRANSPORT_CHECKS) == TRANSPORT_NAMES
     assert isinstance(ToyPeer(ToyTransport.__new__(ToyTransport)), labkit.TransportPeer)
+
+
+def test_a_failure_shows_the_users_call_and_the_verdict(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_user="""
+        import asyncio
+        import pytest
+        import labkit
+
+        class Eager(labkit.MockTransport):
+            def close(self):
+                super().close()
+                self.get_protocol().connection_lost(None)   # the bug: inside close()
+
+        async def connect(protocol):
+            transport = Eager(protocol)
+            reader = asyncio.StreamReader()
+            far = asyncio.StreamReaderProtocol(reader)
+            far_transport = labkit.MockTransport(far)
+            labkit.MemoryLink(transport, far_transport)
+            loop = asyncio.get_running_loop()
+            return transport, (reader, asyncio.StreamWriter(far_transport, far, reader, loop))
+
+        @pytest.mark.asyncio(loop_factories=["virtual"])
+        async def test_my_transport():
+            await labkit.check_transport(connect)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    output = result.stdout.str()
+    assert result.ret == 1
+    assert ">       await labkit.check_transport(connect)" in output
+    assert "E       labkit.conformance.ConformanceError: connect deviates from asyncio: " in output
+    assert "E       - close: connection_lost() was called inside close()" in output
+    assert "conformance.py" not in output
