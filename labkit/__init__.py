@@ -20,7 +20,17 @@ from labkit.cancellation import (
     run_cancel_sweep,
     timeout_at_every_await,
 )
+from labkit.checkpoints import assert_checkpoints, assert_no_checkpoints
 from labkit.clock import VirtualClock
+from labkit.conformance import (
+    STREAM_CHECKS,
+    TRANSPORT_CHECKS,
+    ConformanceError,
+    ConformanceReport,
+    TransportPeer,
+    check_stream_pair,
+    check_transport,
+)
 from labkit.deadlock import DeadlockError
 from labkit.explore import Exploration, ExplorationFailure, Run, explore, record, replay
 from labkit.hygiene import HygieneError, HygieneProblem, TaskTracker
@@ -57,11 +67,15 @@ from labkit.watchdog import BlockingCall, BlockingCallError, Watchdog
 __all__ = [
     "FIFO",
     "PCT",
+    "STREAM_CHECKS",
+    "TRANSPORT_CHECKS",
     "Blocked",
     "BlockingCall",
     "BlockingCallError",
     "CancelSweep",
     "CancelSweepError",
+    "ConformanceError",
+    "ConformanceReport",
     "CountingQueue",
     "DeadlockError",
     "Exhaustive",
@@ -95,13 +109,18 @@ __all__ = [
     "TaskTracker",
     "Throughput",
     "Trace",
+    "TransportPeer",
     "VirtualClock",
     "VirtualTimeLoop",
     "Watchdog",
     "advance",
     "assert_blocks",
+    "assert_checkpoints",
+    "assert_no_checkpoints",
     "bytes_diff",
     "cancel_at_every_await",
+    "check_stream_pair",
+    "check_transport",
     "explore",
     "format_timeline",
     "fragment",

@@ -137,6 +137,30 @@ class MemoryServer(asyncio.AbstractServer):
                 waiter.set_result(None)
         self._closed_waiters.clear()
 
+    def close_clients(self) -> None:
+        """Close every connection this server accepted (flushing first), as 3.13's Server does.
+
+        Example::
+
+            server.close()
+            server.close_clients()            # each handler's reader sees EOF
+            await server.wait_closed()
+        """
+        for transport in list(self._active):
+            transport.close()
+
+    def abort_clients(self) -> None:
+        """Abort every connection this server accepted (dropping unsent data), as 3.13's does.
+
+        Example::
+
+            server.close()
+            server.abort_clients()            # no waiting for slow clients to read
+            await server.wait_closed()
+        """
+        for transport in list(self._active):
+            transport.abort()
+
     async def wait_closed(self) -> None:
         """Wait until the server is closed and every connection it accepted is lost."""
         if not self._closed:

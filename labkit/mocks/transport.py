@@ -82,6 +82,7 @@ class MockTransport(asyncio.Transport):
         self._loop = loop
         self._protocol: asyncio.BaseProtocol | None = protocol
         self._buffer = bytearray()
+        self._peak_buffer = 0
         self._written = bytearray()
         self._incoming = bytearray()
         self._incoming_eof = False
@@ -198,6 +199,7 @@ class MockTransport(asyncio.Transport):
         self._buffer += chunk
         self._written += chunk
         self._changed()
+        self._peak_buffer = max(self._peak_buffer, len(self._buffer))
         self._maybe_pause()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -229,6 +231,21 @@ class MockTransport(asyncio.Transport):
     def written(self) -> bytes:
         """Every byte the protocol ever wrote, whether or not the peer has read it."""
         return bytes(self._written)
+
+    @property
+    def peak_write_buffer_size(self) -> int:
+        """The largest ``get_write_buffer_size()`` ever reached, whenever the test looks.
+
+        Measured when each ``write()`` returns (after a :class:`labkit.MemoryLink` took what
+        the peer's socket buffer could), so a flow-control assertion need not catch the moment.
+
+        Example::
+
+            transport.set_write_buffer_limits(high=1024)
+            await produce(transport)            # writes, pauses, resumes as the peer reads
+            assert transport.peak_write_buffer_size <= 1024 + MAX_MESSAGE
+        """
+        return self._peak_buffer
 
     @property
     def eof_written(self) -> bool:

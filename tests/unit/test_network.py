@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import sys
+from typing import Any
 
 import pytest
 
@@ -205,3 +208,79 @@ async def test_reprs_are_deterministic() -> None:
     assert repr(server.sockets[0]) == "<memory socket 127.0.0.1:7006>"
     assert repr(network) == "<MemoryNetwork servers=[('127.0.0.1', 7006)] connections=0>"
     server.close()
+
+
+# -- close_clients() / abort_clients(), as asyncio.Server has them from 3.13 --------------
+
+real_server_has_them = pytest.mark.skipif(
+    sys.version_info < (3, 13), reason="asyncio.Server.close_clients() is new in Python 3.13"
+)
+
+
+async def ending_of_a_busy_connection(kind: str, how: str) -> tuple[bool, str, bool]:
+    """The server has megabytes queued for a client that reads slowly; then ``server.<how>()``.
+
+    Returns (the client got every byte, how its stream ended, the handler's reader saw EOF).
+    Over loopback the kernel's socket buffers hold several megabytes, so the real server is
+    given more than they can take.
+    """
+    payload = b"p" * (2_000_000 if kind == "memory" else 32_000_000)
+    handler_saw: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)  # no drain(): the bytes wait in the server transport's buffer
+        handler_saw.append(await reader.read())
+
+    if kind == "memory":
+        network = MemoryNetwork()
+        server: Any = await network.start_server(handle, "127.0.0.1", 0)
+        connect = network.open_connection
+    else:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        connect = asyncio.open_connection
+    host, port = server.sockets[0].getsockname()[:2]
+    reader, writer = await connect(host, port)
+    received = len(await reader.readexactly(1000))
+    server.close()
+    getattr(server, how)()
+    ended = "eof"
+    try:
+        while chunk := await reader.read(65536):
+            received += len(chunk)
+    except ConnectionResetError:
+        ended = "reset"
+    await server.wait_closed()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    while not handler_saw:
+        await asyncio.sleep(0)
+    return received == len(payload), ended, handler_saw == [b""]
+
+
+@both_loops
+@pytest.mark.parametrize("kind", ["memory", pytest.param("real", marks=real_server_has_them)])
+async def test_close_clients_flushes_then_closes_every_accepted_connection(kind: str) -> None:
+    assert await ending_of_a_busy_connection(kind, "close_clients") == (True, "eof", True)
+
+
+@both_loops
+@pytest.mark.parametrize("kind", ["memory", pytest.param("real", marks=real_server_has_them)])
+async def test_abort_clients_drops_what_was_queued_and_closes_at_once(kind: str) -> None:
+    assert await ending_of_a_busy_connection(kind, "abort_clients") == (False, "eof", True)
+
+
+@both_loops
+async def test_close_clients_leaves_connections_already_gone_and_new_servers_alone() -> None:
+    network = MemoryNetwork()
+    server = await network.start_server(shout, "127.0.0.1", 0)
+    server.close_clients()  # nothing accepted yet: nothing to do
+    reader, writer = await network.open_connection(*server.address)
+    writer.write(b"hi\n")
+    assert await reader.readline() == b"HI\n"
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    server.abort_clients()
+    await server.wait_closed()
+    assert network.connections[0].server.transport.lost

@@ -484,3 +484,65 @@ async def test_a_stream_reader_pauses_and_resumes_reading_through_the_transport(
     assert await reader.readexactly(len(payload)) == payload
     assert transport.events[:2] == ["pause_reading", "resume_reading"]
     assert transport.is_reading()
+
+
+# -- the peak of the write buffer --------------------------------------------------------
+
+
+@both_loops
+async def test_peak_write_buffer_size_remembers_the_highest_level() -> None:
+    transport = MockTransport(Recorder(), high_water=10, low_water=4)
+    assert transport.peak_write_buffer_size == 0
+    transport.write(b"x" * 6)
+    transport.write(b"x" * 6)
+    assert transport.peak_write_buffer_size == 12
+    transport.peer_read()
+    transport.write(b"y" * 3)
+    assert transport.get_write_buffer_size() == 3
+    assert transport.peak_write_buffer_size == 12  # a later check still sees the peak
+
+
+@both_loops
+async def test_peak_write_buffer_size_counts_what_a_linked_peer_could_not_take() -> None:
+    """Through a MemoryLink the peer's socket buffer takes its share first, as send() would."""
+    from labkit import MemoryLink
+
+    class Silent(asyncio.Protocol):
+        def eof_received(self) -> bool:
+            return True
+
+    writer, reader = MockTransport(Recorder()), MockTransport(Silent())
+    MemoryLink(writer, reader, capacity=100)
+    reader.pause_reading()
+    writer.write(b"z" * 60)
+    assert writer.peak_write_buffer_size == 0  # all 60 went into the link's buffer
+    writer.write(b"z" * 70)
+    assert writer.get_write_buffer_size() == 30
+    assert writer.peak_write_buffer_size == 30
+
+
+@both_loops
+async def test_peak_write_buffer_size_of_a_stream_writer_under_backpressure() -> None:
+    """A producer that respects drain() keeps the peak near the high-water mark."""
+    import labkit
+
+    async with labkit.memory_connection(high_water=1000, capacity=500, limit=250) as connection:
+        (_, writer), (peer_reader, _) = connection
+
+        async def produce() -> None:
+            for _ in range(100):
+                writer.write(b"m" * 100)
+                await writer.drain()
+
+        producer = asyncio.create_task(produce())
+        assert await peer_reader.readexactly(10_000) == b"m" * 10_000
+        await producer
+        peak = connection.client.transport.peak_write_buffer_size
+        assert 1000 < peak <= 1100  # paused as soon as it passed the mark, by one write at most
+
+    async with labkit.memory_connection(high_water=1000, capacity=500, limit=250) as connection:
+        (_, writer), (peer_reader, _) = connection
+        for _ in range(100):  # the bug: no drain()
+            writer.write(b"m" * 100)
+        assert await peer_reader.readexactly(10_000) == b"m" * 10_000
+        assert connection.client.transport.peak_write_buffer_size > 9000
