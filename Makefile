@@ -13,7 +13,7 @@ STAMP := $(VENV)/.stamp-$(ENV_HASH)
 LAB_PORT ?= 8888
 
 .PHONY: help env lab test lint typecheck unit notebooks stress bench conformance build clean \
-	browser-deps
+	browser-deps postgres-deps
 
 help:
 	@echo "make lab          create the environment and open JupyterLab on the lessons"
@@ -49,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck browser-deps
+test: $(STAMP) lint typecheck browser-deps postgres-deps
 	$(BIN)/python -m pytest -m "not stress" $(PYTEST_ARGS)
 
 # The browser test drives Debian's Chromium; install it where the machine allows (root + apt).
@@ -62,6 +62,23 @@ browser-deps:
 	else \
 		echo "note: no chromium here and no root apt-get; the browser test will be skipped" \
 			"(install it with: sudo apt-get install chromium)"; \
+	fi
+
+# Lesson 12 and tests/integration/test_database.py start their own PostgreSQL servers from Debian's
+# binaries (labkit.course.PostgresServer); install them where the machine allows (root + apt),
+# without the system cluster Debian would otherwise create and start.
+postgres-deps:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; \
+	then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's postgresql for lesson 12 and the database tests"; \
+		mkdir -p /etc/postgresql-common/createcluster.d && \
+		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/labkit.conf && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+			>/dev/null; \
+	else \
+		echo "note: no PostgreSQL here and no root apt-get; lesson 12's database cells and tests" \
+			"will be skipped (install it with: sudo apt-get install postgresql)"; \
 	fi
 
 unit: $(STAMP)

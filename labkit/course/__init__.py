@@ -14,5 +14,15 @@ A lesson's first code cell imports what learners call::
 
 from labkit.course.exercise import CheckResult, Item, check, check_test
 from labkit.course.notebook import setup
+from labkit.course.postgres import PostgresError, PostgresServer, postgres_missing
 
-__all__ = ["CheckResult", "Item", "check", "check_test", "setup"]
+__all__ = [
+    "CheckResult",
+    "Item",
+    "PostgresError",
+    "PostgresServer",
+    "check",
+    "check_test",
+    "postgres_missing",
+    "setup",
+]

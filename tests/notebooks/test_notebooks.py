@@ -7,7 +7,8 @@
 
 nbval's strict and lax modes are options of a whole pytest run, so each version runs in a child
 pytest (the two of a lesson side by side, one per core); ``LABKIT_RESULTS`` collects the check
-results of each run.
+results of each run. A lesson whose metadata lists ``needs`` (``labkit.needs: [postgresql]``) is
+skipped, with one line saying how to install what is missing, where that cannot run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit.course import postgres_missing
+
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = Path(__file__).with_name("sanitize.cfg")
 INSTRUCTOR = sorted((ROOT / "instructor").glob("[0-9][0-9]-*.ipynb"))
@@ -27,6 +30,19 @@ LEARNER = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 LESSONS = sorted({path.stem for path in INSTRUCTOR} & {path.stem for path in LEARNER})
 
 pytestmark = pytest.mark.notebooks
+# What a lesson may need beyond the kit's environment: each says why it cannot run here, or None.
+NEEDS = {"postgresql": postgres_missing}
+
+
+def _missing(notebook: Path) -> str | None:
+    needs = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]["labkit"].get("needs", [])
+    for need in needs:
+        if need not in NEEDS:
+            pytest.fail(f"{notebook.name}: unknown need {need!r}; known: {', '.join(NEEDS)}")
+        reason = NEEDS[need]()
+        if reason:
+            return f"{notebook.stem}: {reason}"
+    return None
 
 
 def _start(notebook: Path, mode: str, results: Path) -> subprocess.Popen[str]:
@@ -65,6 +81,8 @@ def _finish(child: subprocess.Popen[str], what: str, results: Path) -> list[dict
 def test_lesson_notebooks(lesson: str, tmp_path: Path) -> None:
     instructor = ROOT / "instructor" / f"{lesson}.ipynb"
     learner = ROOT / "notebooks" / f"{lesson}.ipynb"
+    if reason := _missing(instructor):
+        pytest.skip(reason)
     strict = _start(instructor, "--nbval", tmp_path / "instructor.jsonl")
     lax = _start(learner, "--nbval-lax", tmp_path / "learner.jsonl")
     taught = _finish(strict, f"instructor/{lesson}.ipynb", tmp_path / "instructor.jsonl")
