@@ -81,7 +81,7 @@ BENCH_DEPS := build/bench-deps
 BENCH_STAMP := $(BENCH_DEPS)/.stamp-$(shell sha256sum bench/requirements.txt 2>/dev/null | cut -c1-16)
 
 $(BENCH_STAMP): bench/requirements.txt
-	rm -rf $(BENCH_DEPS)
+	find $(BENCH_DEPS) -mindepth 1 -maxdepth 1 ! -name real-suites -exec rm -rf {} + 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --target $(BENCH_DEPS) -r bench/requirements.txt
 	@touch $@
 
