@@ -64,6 +64,9 @@ class Suite:
     # The one setting it needs to reach the loop, per mode (see labkit_bench_settings.py).
     settings: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    # For an sdist without pytest configuration: the ini its repository has, written beside it
+    # (without one, pytest would take the configuration of a directory above, this worktree's).
+    ini: str = ""
 
 
 # Coverage options are dropped from every suite's addopts (-o addopts=...): coverage would be
@@ -91,8 +94,9 @@ SUITES = (
     ),
     Suite(
         "aiojobs",
-        ("tests", "--ignore=tests/test_aiohttp.py", "-o", "asyncio_mode=auto", *FUNCTION_SCOPE),
+        ("tests", "--ignore=tests/test_aiohttp.py"),
         note="aiohttp integration tests left out",
+        ini="[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n",
     ),
     Suite("async-timeout", ("tests", "-o", "addopts=", *FUNCTION_SCOPE)),
     Suite(
@@ -237,7 +241,7 @@ def run_suite(suite: Suite, mode: str, venv: Path, source: Path, tag: str) -> Ru
     junit, probe, log = (stem.with_name(stem.name + ext) for ext in (".xml", ".loops.json", ".log"))
     for stale in (junit, probe):
         stale.unlink(missing_ok=True)
-    command = [str(venv / "bin" / "python"), "-m", "pytest", *suite.args]
+    command = [str(venv / "bin" / "python"), "-m", "pytest", *_config(suite, source), *suite.args]
     command += ["-p", "no:cacheprovider", "-p", "labkit_bench_probe", "-q", f"--junitxml={junit}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHONASYNCIO"))}
     env.pop("CI", None)
@@ -278,6 +282,16 @@ def run_suite(suite: Suite, mode: str, venv: Path, source: Path, tag: str) -> Ru
         last = text.strip().splitlines()[-1:] or ["no output"]
         crash = f"exit {code}: {last[0][:80]}"
     return Run(seconds, wall, peak, outcomes, loops, crash)
+
+
+def _config(suite: Suite, source: Path) -> list[str]:
+    """The suite's own directory as rootdir, and its configuration file if the sdist has none."""
+    if not suite.ini:
+        return [f"--rootdir={source}"]
+    ini = source.with_name(source.name + ".ini")
+    if not ini.exists() or ini.read_text(encoding="utf-8") != suite.ini:
+        ini.write_text(suite.ini, encoding="utf-8")
+    return [f"--rootdir={source}", "-c", str(ini)]
 
 
 def _wait(pid: int, deadline: float) -> tuple[int | None, resource.struct_rusage | None, bool]:
@@ -514,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 str(venvs[(suite.name, args.modes[0])] / "bin" / "python"),
                 "-m",
                 "pytest",
+                *_config(suite, sources[suite.name]),
                 *suite.args,
                 "-p",
                 "no:cacheprovider",
