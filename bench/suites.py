@@ -228,6 +228,7 @@ class Run:
     seconds: float | None  # pytest's own time (junit), None if it crashed
     wall: float
     peak_mib: float  # the session's peak resident memory
+    cpu: float  # user + system CPU seconds of the session's process
     outcomes: Counter[tuple[str, str]]
     loops: dict[str, list[str]]
     crash: str = ""
@@ -268,6 +269,7 @@ def run_suite(suite: Suite, mode: str, venv: Path, source: Path, tag: str) -> Ru
         status, usage, timed_out = _wait(child.pid, started + TIMEOUT)
     wall = time.perf_counter() - started
     peak = usage.ru_maxrss / 1024 if usage is not None else float("nan")
+    cpu = usage.ru_utime + usage.ru_stime if usage is not None else float("nan")
     loops = json.loads(probe.read_text()) if probe.exists() else {}
     seconds, outcomes = _junit(junit) if junit.exists() else (None, Counter())
     code = os.waitstatus_to_exitcode(status) if status is not None else None
@@ -281,7 +283,7 @@ def run_suite(suite: Suite, mode: str, venv: Path, source: Path, tag: str) -> Ru
     else:
         last = text.strip().splitlines()[-1:] or ["no output"]
         crash = f"exit {code}: {last[0][:80]}"
-    return Run(seconds, wall, peak, outcomes, loops, crash)
+    return Run(seconds, wall, peak, cpu, outcomes, loops, crash)
 
 
 def _config(suite: Suite, source: Path) -> list[str]:
@@ -493,11 +495,76 @@ def _loadavg() -> str:
         return "?"
 
 
+OVERHEAD_SIZES = (100, 1100)
+OVERHEAD_KINDS = {
+    "async test (`await asyncio.sleep(0)`)": (
+        "import asyncio\nimport pytest\n\n\n@pytest.mark.asyncio\n"
+        "@pytest.mark.parametrize('i', range({n}))\nasync def test_it(i):\n"
+        "    await asyncio.sleep(0)\n"
+    ),
+    "sync test": "import pytest\n\n\n@pytest.mark.parametrize('i', range({n}))\ndef test_it(i):\n"
+    "    pass\n",
+}
+
+
+def overhead(venvs: dict[str, Path], rounds: int) -> str:
+    """CPU per test of each mode's plugins, from one-line tests: (cpu(1100) - cpu(100)) / 1000.
+
+    Startup and configuration cancel out in the difference; what is left is what each test
+    costs: collection, fixtures (labkit's autouse guard), the loop's construction and teardown.
+    """
+    where = HOME / "src" / "overhead"
+    where.mkdir(parents=True, exist_ok=True)
+    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    files: dict[tuple[str, int], Suite] = {}
+    for index, (kind, template) in enumerate(OVERHEAD_KINDS.items()):
+        for n in OVERHEAD_SIZES:
+            name = f"test_kind{index}_{n}.py"
+            path = where / name
+            text = template.replace("{n}", str(n))
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+            files[(kind, n)] = Suite("overhead", (name,), ini=ini)
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    for round_ in range(1, rounds + 1):
+        progress(f"per-test overhead, round {round_}/{rounds}")
+        for (kind, n), suite in files.items():
+            for mode, venv in venvs.items():
+                run = run_suite(suite, mode, venv, where, f"{n}-{round_}")
+                if not run.crash:
+                    cpu.setdefault((kind, mode, n), []).append(run.cpu)
+    head = "| CPU per test, µs (median of " + str(rounds) + ") | " + " | ".join(venvs)
+    head += " | " + " | ".join(f"{m} − stock" for m in venvs if m != "stock") + " |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for kind in OVERHEAD_KINDS:
+        per: dict[str, float] = {}
+        for mode in venvs:
+            small = _median(cpu.get((kind, mode, OVERHEAD_SIZES[0]), []))
+            large = _median(cpu.get((kind, mode, OVERHEAD_SIZES[1]), []))
+            if small is not None and large is not None:
+                per[mode] = (large - small) / (OVERHEAD_SIZES[1] - OVERHEAD_SIZES[0]) * 1e6
+        cells = [f"{per[m]:.0f}" if m in per else "—" for m in venvs]
+        base = per.get("stock")
+        cells += [
+            f"{per[m] - base:+.0f}" if m in per and base is not None else "—"
+            for m in venvs
+            if m != "stock"
+        ]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per suite and mode")
     parser.add_argument("--only", nargs="*", default=[], help="suite names to run (default: all)")
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--no-overhead",
+        dest="overhead",
+        action="store_false",
+        help="skip the per-test cost measurement on one-line tests",
+    )
     args = parser.parse_args([] if argv is None else argv)
     unknown = sorted(set(args.only) - {s.name for s in SUITES})
     if unknown:
@@ -547,13 +614,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 venv = venvs[(suite.name, mode)]
                 run = run_suite(suite, mode, venv, sources[suite.name], str(round_))
                 runs.setdefault((suite.name, mode), []).append(run)
-                figure = run.crash or f"{_fmt(run.seconds)} s, {_counts(run.outcomes)} p/f/s/e"
+                figure = run.crash or (
+                    f"{_fmt(run.seconds)} s (process: {run.wall:.2f} s wall, {run.cpu:.2f} s CPU), "
+                    f"{_counts(run.outcomes)} p/f/s/e"
+                )
                 progress(f"round {round_}/{args.rounds}: {suite.name:<13} {mode:<8} {figure}")
     print(report(suites, runs))
     print(
         f"   {time.perf_counter() - started:.0f} s of runs; load average {_loadavg()} at "
         "the end. p/f/s/e = passed/failed/skipped/errors. Times are pytest's own (wall clock)."
     )
+    if args.overhead:
+        base = next(s for s in SUITES if s.name == "async-timeout")
+        source = fetch_source(base, pins)
+        envs = {mode: environment(base, mode, pins, source) for mode in args.modes}
+        print(
+            "\n== Per-test cost of each environment's plugins (one-line tests, CPU time; "
+            f"load average {_loadavg()} at start)"
+        )
+        print(overhead(envs, args.rounds))
     return 0
 
 
