@@ -279,7 +279,7 @@ def run_suite(suite: Suite, mode: str, venv: Path, source: Path, tag: str) -> Ru
     elif code in (0, 1) and junit.exists():
         crash = ""
     elif "MemoryError" in text or (not junit.exists() and peak > 0.8 * MEMORY_CAP / 2**20):
-        crash = f"out of memory (peak {peak:.0f} MiB, cap {MEMORY_CAP / 2**30:.0f} GiB)"
+        crash = f"out of memory (the {MEMORY_CAP / 2**30:.0f} GiB cap)"
     else:
         last = text.strip().splitlines()[-1:] or ["no output"]
         crash = f"exit {code}: {last[0][:80]}"
@@ -471,6 +471,31 @@ def report(suites: Sequence[Suite], runs: dict[tuple[str, str], list[Run]]) -> s
                 f"\n{mode}: {', '.join(left_out[mode])} left out of the total (a run crashed); "
                 f"{mode}'s total over the suites it finished: {totals[mode]:.2f} s."
             )
+    lines.append(
+        "\nCPU seconds of the pytest process (median; user + system, startup included): it grows "
+        "far less than wall time when other jobs share the cores, and wall minus CPU is waiting."
+    )
+    lines.append("| suite | stock | virtual | looptime | stock/virtual | looptime/virtual |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    cpu_totals = dict.fromkeys(MODES, 0.0)
+    for suite in suites:
+        cpu = {}
+        for mode in MODES:
+            done = [r.cpu for r in runs.get((suite.name, mode), []) if not r.crash]
+            cpu[mode] = _median(done) if done else None
+            if suite.name in common:
+                cpu_totals[mode] += cpu[mode] or 0.0
+        lines.append(
+            f"| {suite.name} | {_fmt(cpu['stock'])} | {_fmt(cpu['virtual'])} | "
+            f"{_fmt(cpu['looptime'])} | {_ratio(cpu['stock'], cpu['virtual'])} | "
+            f"{_ratio(cpu['looptime'], cpu['virtual'])} |"
+        )
+    lines.append(
+        f"| **total** ({len(common)} suites) | {cpu_totals['stock']:.2f} | "
+        f"{cpu_totals['virtual']:.2f} | {cpu_totals['looptime']:.2f} | "
+        f"{_ratio(cpu_totals['stock'], cpu_totals['virtual'])} | "
+        f"{_ratio(cpu_totals['looptime'], cpu_totals['virtual'])} |"
+    )
     lines.append(
         "\nOn a loop: tests that ran on one (probe), by the last round. "
         "An outcome counts as the stock loop's if it is one the test had in some stock run."
