@@ -369,10 +369,13 @@ def _differences(stock: dict[str, set[tuple[str, ...]]], run: Run) -> list[str]:
         was = stock.get(test, {("absent",)})
         if now not in was:
             before = " or ".join("/".join(o) for o in sorted(was))
-            better = set(now) == {"passed"}
-            lines.append(
-                f"{'better' if better else 'worse'}: {test}: stock {before}, here {'/'.join(now)}"
-            )
+            if was == {("absent",)}:
+                label = "new"  # a test the stock loop never ran
+            elif set(now) == {"passed"}:
+                label = "better"
+            else:
+                label = "worse"
+            lines.append(f"{label}: {test}: stock {before}, here {'/'.join(now)}")
     return lines
 
 
@@ -416,7 +419,7 @@ def report(suites: Sequence[Suite], runs: dict[tuple[str, str], list[Run]]) -> s
                 left_out[mode].append(suite.name)
             else:
                 totals[mode] += medians[mode] or 0.0
-        stock = _stock_outcomes(per["stock"])
+        stock = _stock_outcomes([r for r in per["stock"] if not r.crash])
         flaky = sorted(test for test, seen in stock.items() if len(seen) > 1)
         for test in flaky:
             seen = " / ".join("/".join(o) for o in sorted(stock[test]))
@@ -428,11 +431,16 @@ def report(suites: Sequence[Suite], runs: dict[tuple[str, str], list[Run]]) -> s
                 if run.crash:
                     verdicts.append(f"crashed: {run.crash}")
                     continue
+                if not stock:
+                    verdicts.append("no stock run to compare")
+                    continue
                 diff = _differences(stock, run)
-                worse = sum(1 for d in diff if d.startswith("worse"))
-                verdict = "yes" if not diff else f"**no**: {worse} worse"
-                if len(diff) > worse:
-                    verdict += f", {len(diff) - worse} pass that failed on stock"
+                kinds = Counter(d.split(":", 1)[0] for d in diff)
+                verdict = "yes" if not diff else f"**no**: {kinds['worse']} worse"
+                if kinds["better"]:
+                    verdict += f", {kinds['better']} pass that failed on stock"
+                if kinds["new"]:
+                    verdict += f", {kinds['new']} not run on stock"
                 verdicts.append(verdict)
                 notes.extend(f"{suite.name}, {mode} (round {index + 1}): {d}" for d in diff[:6])
             counted = Counter(verdicts)
