@@ -94,11 +94,12 @@ stress: $(STAMP)
 
 # The competitors go to build/bench-deps, not into .venv: looptime registers pytest plugins that
 # would patch every loop of the kit's own test suite. bench/_timing.py puts them on sys.path.
+# bench/suites.py keeps its own sdists and environments in $(BENCH_DEPS)/real-suites (stamped).
 BENCH_DEPS := build/bench-deps
 BENCH_STAMP := $(BENCH_DEPS)/.stamp-$(shell sha256sum bench/requirements.txt 2>/dev/null | cut -c1-16)
 
 $(BENCH_STAMP): bench/requirements.txt
-	rm -rf $(BENCH_DEPS)
+	find $(BENCH_DEPS) -mindepth 1 -maxdepth 1 ! -name real-suites -exec rm -rf {} + 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --target $(BENCH_DEPS) -r bench/requirements.txt
 	@touch $@
 
