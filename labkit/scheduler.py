@@ -319,7 +319,8 @@ class Control:
                 return task
             # An eager task factory ran the task's first step inside create_task.
             recorder.steps_begun += 1
-            record = self._record(task, recorder.labels(task), now, (), now, begun, woken_by)
+            label = recorder.labels(task, coro)  # task.get_coro() is unsafe once it is done
+            record = self._record(task, label, now, (), now, begun, woken_by)
         if self._stepping:
             eager.insert(position, record)
         else:

@@ -248,15 +248,23 @@ class Labels:
         self.naming: dict[Any, str] = {}
         """Coroutine -> the name its task is being created with (see :meth:`creating`)."""
 
-    def __call__(self, task: asyncio.Task[Any]) -> str:
+    def __call__(self, task: asyncio.Task[Any], coro: Any = None) -> str:
+        """The task's label; ``coro`` is its coroutine, when the caller has it at hand.
+
+        A task that an eager task factory ran to completion inside ``create_task`` has no
+        coroutine to ask for: ``get_coro()`` returns None on Python 3.13 and crashes the
+        interpreter on 3.12.1. Whoever labels such a task passes the coroutine.
+        """
         label = self.assigned.get(task)
         if label is None:
-            name = self.naming.get(task.get_coro()) if self.naming else None
+            if coro is None:
+                coro = task.get_coro()
+            name = self.naming.get(coro) if self.naming else None
             if name is None:
                 name = task.get_name()
             # Python 3.13.0 names a task made by a task factory "None" (CPython gh-130033).
             if name == "None" or _DEFAULT_NAME.fullmatch(name):
-                qualname = getattr(task.get_coro(), "__qualname__", "") or "task"
+                qualname = getattr(coro, "__qualname__", "") or "task"
                 name = qualname.rsplit(".", 1)[-1]
             count = self._used.get(name, 0) + 1
             self._used[name] = count
