@@ -508,9 +508,10 @@ def explore(
                 assert run.seed is not None
                 again = chosen.chooser(run.seed)
                 raise _failure(session, body, run, again, runs=count, strategy=chosen, hint=hint)
-            schedules.add(run.schedule)
-            max_steps_seen = max(max_steps_seen, len(run.trace))
-            max_tasks = max(max_tasks, len(run.trace.tasks))
+            schedule = run.schedule
+            schedules.add(schedule)
+            max_steps_seen = max(max_steps_seen, len(schedule))
+            max_tasks = max(max_tasks, len(set(schedule)))
         complete = bool(getattr(chosen, "complete", False))
         bounded = bool(getattr(chosen, "bounded", False))
         seeds = None if isinstance(chosen, Exhaustive) else range(base, base + count)

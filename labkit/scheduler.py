@@ -80,6 +80,10 @@ def _task_of(callback: Any) -> asyncio.Task[Any] | None:
     return None
 
 
+# Awaitables whose state says whether they have started (see _unstarted).
+_SAYS_IF_STARTED = frozenset({types.CoroutineType, types.GeneratorType})
+
+
 def _unstarted(coro: Any) -> bool | None:
     """Whether a coroutine has not begun to run (an eager task's has, before its first wake-up).
 
@@ -93,14 +97,18 @@ def _unstarted(coro: Any) -> bool | None:
     return None
 
 
-class _Entry:
-    """One held task wake-up: the callback asyncio asked to run, and who made it ready."""
+class _Entry(asyncio.Handle):
+    """One held task wake-up: the handle ``call_soon`` returned for it, and who made it ready.
+
+    It is the handle the caller got (so ``cancel()`` on it keeps the step from running), but
+    the loop never runs it: releasing it runs :meth:`Control._run` with it, or runs the step
+    inline (exploration).
+    """
 
     __slots__ = (
         "args",
         "callback",
         "context",
-        "handle",
         "label",
         "ready",
         "task",
@@ -109,8 +117,6 @@ class _Entry:
         "woken_by",
     )
 
-    handle: asyncio.Handle
-    """The handle call_soon returned: it runs the step (Control._run) once released."""
     ready: tuple[str, ...]
     """The tasks that were ready when this one was released."""
 
@@ -120,11 +126,13 @@ class _Entry:
         label: str | None,
         callback: Callable[..., Any],
         args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
         context: contextvars.Context,
         woken_at: float,
         woken_after: int,
         woken_by: str,
     ) -> None:
+        super().__init__(callback, args, loop, context)
         self.task = task
         self.label = label
         self.callback = callback
@@ -271,17 +279,17 @@ class Control:
             recorder.labels.assigned.get(task),  # a new task is labelled when first offered
             callback,
             args,
+            loop,
             context,
             loop.time(),
             recorder.steps_begun,
             woken_by,
         )
-        handle = entry.handle = asyncio.Handle(self._run, (entry,), loop, context)
         self.pool.append(entry)
         waiter = self.on_pool
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return handle
+        return entry
 
     def _call_at(
         self,
@@ -395,11 +403,11 @@ class Control:
             self.release(entry, ready)
 
     def release(self, entry: _Entry, ready: tuple[str, ...]) -> None:
-        if entry.handle.cancelled():
+        if entry.cancelled():
             return
         entry.ready = ready
         self.recorder.in_flight += 1
-        enqueue(self.loop, entry.handle)
+        enqueue(self.loop, asyncio.Handle(self._run, (entry,), self.loop, entry.context))
 
     def _run(self, entry: _Entry) -> None:
         self.recorder.in_flight -= 1
@@ -428,7 +436,7 @@ class Control:
             ready = [entry.label or self._label(entry) for entry in pool]
             assert self.choose is not None
             entry = pool.pop(self.choose(ready))
-            if not entry.handle.cancelled():
+            if not entry.cancelled():
                 entry.ready = tuple(ready)
                 return entry
         return None
@@ -436,29 +444,35 @@ class Control:
     def _step(self, entry: _Entry) -> None:
         recorder = self.recorder
         task = entry.task
-        if entry.handle.cancelled() or task.done():
+        if entry.cancelled() or task.done():
             return
         now = self.loop.time()
         recorder.steps_begun += 1
-        if _unstarted(task.get_coro()) is None:
+        if type(task.get_coro()) not in _SAYS_IF_STARTED:
             recorder.started.add(task)
         self._stepping = True
         try:
             entry.callback(*entry.args)
         finally:
             self._stepping = False
-        pending = recorder.trace.pending
-        pending.append(
-            self._record(
-                task,
-                entry.label or self._label(entry),
-                now,
-                entry.ready,
-                entry.woken_at,
-                entry.woken_after,
-                entry.woken_by,
+        label = entry.label or self._label(entry)
+        ready = entry.ready
+        if (
+            self.detail
+            or task.done()
+            or (
+                isinstance(waiter := getattr(task, "_fut_waiter", None), asyncio.Task)
+                and waiter not in recorder.labels.assigned
             )
-        )
+        ):
+            record = self._record(
+                task, label, now, ready, entry.woken_at, entry.woken_after, entry.woken_by
+            )
+        else:  # the common case of exploration: a step that suspended, recorded cheaply
+            record = (now, label, ready, entry.woken_at, entry.woken_after, "", None, 0,
+                      None, None, "suspended")  # fmt: skip
+        pending = recorder.trace.pending
+        pending.append(record)
         if self._eager:
             pending.extend(self._eager)
             self._eager.clear()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import linecache
+import operator
 import os
 import re
 import types
@@ -141,6 +142,9 @@ StepRecord = tuple[
 ]
 
 
+_TASK_OF_RECORD = operator.itemgetter(1)
+
+
 class Trace:
     """The steps of one controlled run, in the order they happened.
 
@@ -192,7 +196,7 @@ class Trace:
     def schedule(self) -> tuple[str, ...]:
         """The task that ran at each step: the schedule, compact enough to compare."""
         done = tuple(step.task for step in self._steps)
-        return done + tuple(record[1] for record in self.pending) if self.pending else done
+        return done + tuple(map(_TASK_OF_RECORD, self.pending)) if self.pending else done
 
     def text(self, *, last: int | None = None) -> str:
         """The trace as a table; ``last=N`` keeps only the final N steps."""
@@ -295,7 +299,13 @@ class Labels:
 
 @functools.lru_cache(maxsize=4096)
 def location(code: types.CodeType, line: int) -> Location:
-    """The Location of ``line`` in ``code`` (file base name, function, source text)."""
+    """The Location of ``line`` in ``code`` (file base name, function, source text), cached.
+
+    Example::
+
+        frame = sys._getframe()
+        print(location(frame.f_code, frame.f_lineno))   # app.py:12 in main: ...
+    """
     source = linecache.getline(code.co_filename, line).strip()
     comment = source.find("  # ")
     if comment > 0:
@@ -345,6 +355,11 @@ def capture(
 
     The same answer as :func:`suspension`, with the place as (code, line) rather than a
     Location (made later, if the trace is read): schedulers call this after every step.
+
+    Example::
+
+        code, line, awaiting, until = capture(task, labels, timers)
+        print(awaiting, until, location(code, line))   # sleep(5) 5.0 app.py:12 in worker: ...
     """
     coro: Any = task.get_coro()
     last: Any = None
