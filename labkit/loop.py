@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
+import os
 import selectors
 import signal
 import socket
@@ -41,6 +43,7 @@ __all__ = ["VirtualTimeLoop", "advance", "new_virtual_loop", "run"]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 _EVENT_MASK = selectors.EVENT_READ | selectors.EVENT_WRITE
+_LABKIT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _REAL_RESOLUTION = _time.get_clock_info("monotonic").resolution
 _ULP_SAFE = 2.0**21  # below this, 2 * ulp(t) < 1 ns: the real clock's resolution is enough
 
@@ -530,6 +533,49 @@ def enqueue(loop: VirtualTimeLoop, handle: asyncio.Handle) -> None:
     base._ready.append(handle)
 
 
+class HeldHandle(asyncio.Handle):
+    """asyncio's Handle, made cheaply: for the task wake-ups labkit's scheduler holds.
+
+    Exploration makes one handle per task step, so the few field assignments of
+    ``Handle.__init__`` plus its debug-mode check add up; this sets asyncio's fields directly
+    (in debug mode it is ``Handle.__init__``, source traceback and all). It behaves as a Handle
+    in every way (``cancel()``, ``cancelled()``, ``repr``); subclasses add their own slots.
+    Shared with labkit.scheduler, so not underscored, and not exported.
+
+    Example::
+
+        handle = HeldHandle(print, ("held",), loop, contextvars.copy_context())
+        handle.cancel()
+        assert handle.cancelled()
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: VirtualTimeLoop,
+        context: contextvars.Context,
+    ) -> None:
+        base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+        fields: Any = self
+        if base._debug:
+            super().__init__(callback, args, loop, context)
+            # Where it was made, as asyncio's call_soon reports it: the caller, not labkit.
+            stack = fields._source_traceback
+            while stack and stack[-1].filename.startswith(_LABKIT_DIR):
+                stack.pop()
+            return
+        fields._context = context
+        fields._loop = loop
+        fields._callback = callback
+        fields._args = args
+        fields._cancelled = False
+        fields._repr = None
+        fields._source_traceback = None
+
+
 def only_selecting(loop: VirtualTimeLoop) -> bool:
     """Whether the loop's next iteration would do nothing before its select hook runs a task.
 
@@ -642,19 +688,24 @@ class FreshState:
         ):
             return False
         base._asyncgens_shutdown_called = False
-        for handle in base._ready:
-            handle.cancel()
-        base._ready.clear()
-        for timer in base._scheduled:
-            timer._scheduled = False  # dropped here, so cancel() must not count it again
-            timer.cancel()
-        base._scheduled.clear()
+        if base._ready:
+            for handle in base._ready:
+                handle.cancel()
+            base._ready.clear()
+        if base._scheduled:
+            for timer in base._scheduled:
+                timer._scheduled = False  # dropped here, so cancel() must not count it again
+                timer.cancel()
+            base._scheduled.clear()
         base._timer_cancelled_count = 0
         loop._vt_idle_waiters.clear()
         loop._vt_advance_target = None
         loop._vt_now = self.now
-        loop.set_task_factory(self.task_factory)
-        loop.set_exception_handler(self.exception_handler)
-        loop.set_debug(self.debug)
+        if base._task_factory is not self.task_factory:
+            loop.set_task_factory(self.task_factory)
+        if base._exception_handler is not self.exception_handler:
+            loop.set_exception_handler(self.exception_handler)
+        if base._debug != self.debug:
+            loop.set_debug(self.debug)
         loop.slow_callback_duration = self.slow_callback_duration
         return True

@@ -19,7 +19,14 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.loop import VirtualTimeLoop, advance, enqueue, only_selecting, standard_loop_idle
+from labkit.loop import (
+    HeldHandle,
+    VirtualTimeLoop,
+    advance,
+    enqueue,
+    only_selecting,
+    standard_loop_idle,
+)
 from labkit.trace import Labels, Step, StepRecord, TaskState, Trace, capture, outcome, suspension
 
 __all__ = ["Round", "Scheduler", "StepLimitError", "Stepper", "run_until_idle", "step_through"]
@@ -97,7 +104,7 @@ def _unstarted(coro: Any) -> bool | None:
     return None
 
 
-class _Entry(asyncio.Handle):
+class _Entry(HeldHandle):
     """One held task wake-up: the handle ``call_soon`` returned for it, and who made it ready.
 
     It is the handle the caller got (so ``cancel()`` on it keeps the step from running), but
@@ -126,13 +133,13 @@ class _Entry(asyncio.Handle):
         label: str | None,
         callback: Callable[..., Any],
         args: tuple[Any, ...],
-        loop: asyncio.AbstractEventLoop,
+        loop: VirtualTimeLoop,
         context: contextvars.Context,
         woken_at: float,
         woken_after: int,
         woken_by: str,
     ) -> None:
-        super().__init__(callback, args, loop, context)
+        HeldHandle.__init__(self, callback, args, loop, context)
         self.task = task
         self.label = label
         self.callback = callback
@@ -149,11 +156,26 @@ class _Recorder:
     def __init__(self) -> None:
         self.trace = Trace()
         self.labels = Labels()
-        self.timers: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-        # Tasks of awaitables that cannot tell whether they started, once stepped.
-        self.started: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._timers: weakref.WeakKeyDictionary[Any, float] | None = None
+        self._started: weakref.WeakSet[asyncio.Task[Any]] | None = None
         self.in_flight = 0
         self.steps_begun = 0
+
+    # Made when first needed: most exploration runs need neither, and each costs a little.
+
+    @property
+    def timers(self) -> weakref.WeakKeyDictionary[Any, float]:
+        """Future -> when the timer that will resolve it is due."""
+        if self._timers is None:
+            self._timers = weakref.WeakKeyDictionary()
+        return self._timers
+
+    @property
+    def started(self) -> weakref.WeakSet[asyncio.Task[Any]]:
+        """Tasks of awaitables that cannot tell whether they started, once stepped."""
+        if self._started is None:
+            self._started = weakref.WeakSet()
+        return self._started
 
 
 class Control:
@@ -252,7 +274,7 @@ class Control:
     def _call_soon(
         self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
-        task = _task_of(callback)
+        task = _task_of(callback) if hasattr(callback, "__self__") else None
         if task is None or task is self.exempt:
             handle: asyncio.Handle = self._real_call_soon(callback, *args, context=context)
             return handle
@@ -436,9 +458,8 @@ class Control:
             ready = [entry.label or self._label(entry) for entry in pool]
             assert self.choose is not None
             entry = pool.pop(self.choose(ready))
-            if not entry.cancelled():
-                entry.ready = tuple(ready)
-                return entry
+            entry.ready = tuple(ready)
+            return entry  # if cancelled, _step skips it and the next choice follows
         return None
 
     def _step(self, entry: _Entry) -> None:

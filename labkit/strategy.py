@@ -148,8 +148,18 @@ class _PCTChooser(Chooser):
 
     def choose(self, ready: Sequence[str]) -> int:
         self.step += 1
+        step = self.step
+        if len(ready) == 1:  # the common case, without the search (the same draws)
+            name = ready[0]
+            priority = self.priority
+            if name not in priority:
+                priority[name] = self.depth + self.rng.random()
+            lowered = self.change_points.get(step)
+            if lowered is not None:
+                priority[name] = lowered
+            return 0
         best = self._highest(ready)
-        lowered = self.change_points.get(self.step)
+        lowered = self.change_points.get(step)
         if lowered is not None:
             self.priority[ready[best]] = lowered
             best = self._highest(ready)

@@ -267,7 +267,7 @@ class Labels:
             if name is None:
                 name = task.get_name()
             # Python 3.13.0 names a task made by a task factory "None" (CPython gh-130033).
-            if name == "None" or _DEFAULT_NAME.fullmatch(name):
+            if name == "None" or (name.startswith("Task-") and _DEFAULT_NAME.fullmatch(name)):
                 qualname = getattr(coro, "__qualname__", "") or "task"
                 name = qualname.rsplit(".", 1)[-1]
             count = self._used.get(name, 0) + 1

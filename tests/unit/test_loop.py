@@ -946,3 +946,32 @@ def test_only_selecting_is_true_only_when_the_next_turn_would_just_select(
 
     loop.run_until_complete(main())
     assert observed == [True, False, False, True]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_held_handle_is_a_handle_like_any_other(loop: VirtualTimeLoop, debug: bool) -> None:
+    import contextvars
+
+    from labkit.loop import HeldHandle, enqueue
+
+    loop.set_debug(debug)
+    ran: list[str] = []
+    context = contextvars.copy_context()
+    made = asyncio.Handle(ran.append, ("x",), loop, context)
+    held = HeldHandle(ran.append, ("x",), loop, context)
+    assert repr(held).replace("HeldHandle", "Handle").split(" created at ")[0] == (
+        repr(made).split(" created at ")[0]
+    )
+    stack = held._source_traceback  # type: ignore[attr-defined]
+    if debug:  # made here, as asyncio would say, not in labkit
+        assert stack[-1].filename == made._source_traceback[-1].filename == __file__  # type: ignore[attr-defined]
+    else:
+        assert stack is None
+    enqueue(loop, held)
+    cancelled = HeldHandle(ran.append, ("never",), loop, context)
+    cancelled.cancel()
+    assert cancelled.cancelled()
+    enqueue(loop, cancelled)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == ["x"]
+    loop.set_debug(False)
