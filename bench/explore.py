@@ -142,7 +142,10 @@ def speed(runs: int = 300, repeats: int = 7) -> None:
     for strategy in ("random", "pct", "exhaustive"):
         variants[f"explore strategy={strategy}"] = exploring(strategy)
     samples = measure(variants, repeats=repeats)
-    print(f"1. runs per second, three tasks x three awaits ({runs} runs per sample, {repeats} samples)")
+    print(
+        f"1. runs per second, three tasks x three awaits "
+        f"({runs} runs per sample, {repeats} samples)"
+    )
     print(f"   {machine()}")
     print(f"   {'how':<34} {'runs/s':>8} {'vs asyncio.run':>15}")
     base = runs / median(samples["asyncio.run (no exploration)"])

@@ -183,15 +183,16 @@ class Control:
 
     Installed, it shadows the loop's ``call_soon``, ``call_at`` and ``create_task`` with
     instance attributes (asyncio's C Task looks ``call_soon`` up on the instance) and sets the
-    loop's select hook. With ``detail=False`` a step's record leaves out what woke the task and
-    where it stopped (the costly part), for runs whose trace nobody reads. A task wake-up goes
-    to the pool; any other callback goes straight to the
-    loop, so asyncio's FIFO order for plain callbacks is kept. With ``choose`` set
-    (exploration), each select releases one pooled task that ``choose`` picks; otherwise the
+    loop's select hook. A task wake-up goes to the pool; any other callback goes straight to
+    the loop, so asyncio's FIFO order for plain callbacks is kept. With ``choose`` set
+    (exploration), each select releases one pooled task that ``choose`` picks, and while the
+    loop would do nothing else before asking again, the next choice runs at once; otherwise the
     pool is released in FIFO order at the next select, unless an operation of a Scheduler or
-    step_through holds it. A task that an eager task factory (Python 3.12+) starts inside
-    ``create_task`` runs its first step there, uncontrolled; that step is recorded all the same.
-    Shared by labkit.scheduler and labkit.explore, so not underscored, and not exported.
+    step_through holds it. With ``detail=False`` a step's record leaves out what woke the task
+    and where it stopped (the costly part), for runs whose trace nobody reads. A task that an
+    eager task factory (Python 3.12+) starts inside ``create_task`` runs its first step there,
+    uncontrolled; that step is recorded all the same. Shared by labkit.scheduler and
+    labkit.explore, so not underscored, and not exported.
 
     Example::
 
@@ -225,7 +226,6 @@ class Control:
         # ready, not what woke it or where it stopped: labelling happens exactly as with
         # detail, so the schedule is the same; a failing run is run again with detail.
         self.detail = detail
-        self._pending = self.recorder.trace.pending
         self.pool: list[_Entry] = []
         self.holding = 0
         self.release_all = False
@@ -383,7 +383,7 @@ class Control:
             return False
         if self.choose is not None:
             limit = self.max_steps
-            if limit is not None and len(self._pending) >= limit and self._over_limit():
+            if limit is not None and len(self.recorder.trace) >= limit:
                 raise StepLimitError(
                     f"the run took more than {self.max_steps} scheduling steps without "
                     "finishing: some task never blocks (a `while True: await "
@@ -399,11 +399,6 @@ class Control:
         return False
 
     # -- releasing ---------------------------------------------------------------------
-
-    def _over_limit(self) -> bool:
-        assert self.max_steps is not None
-        trace = self.recorder.trace
-        return len(trace.pending) >= self.max_steps and len(trace) >= self.max_steps
 
     def _label(self, entry: _Entry) -> str:
         # Labelled when first offered, not when pooled: asyncio.create_task names a task
@@ -453,7 +448,7 @@ class Control:
         pool = self.pool
         limit = self.max_steps
         while pool and only_selecting(self.loop):
-            if limit is not None and len(self._pending) >= limit and self._over_limit():
+            if limit is not None and len(self.recorder.trace) >= limit:
                 return None  # the hook raises StepLimitError, outside any callback
             ready = [entry.label or self._label(entry) for entry in pool]
             assert self.choose is not None
