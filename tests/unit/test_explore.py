@@ -902,11 +902,7 @@ def test_delays_are_checked_and_reach_the_marker(pytester: pytest.Pytester) -> N
     code, output = run_pytest(pytester)
     assert code == 1, output
     assert "Exhaustive(limit=10000, delays=1)" in output
-    hint = next(line for line in output.splitlines() if "--labkit-seed=" in line)
-    seed = hint.split("--labkit-seed=")[1].split()[0]
-    code, again = run_pytest(pytester, f"--labkit-seed={seed}")
-    assert code == 1
-    assert schedule_of(again) == schedule_of(output)
+    assert "--labkit-seed=" in output  # replaying it: test_the_marker_explores_and_the_seed_...
 
 
 def test_pct_runs_the_first_ready_task_of_the_highest_priority() -> None:
