@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
+import os
 import selectors
 import signal
 import socket
 import time as _time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from labkit.deadlock import DeadlockError, deadlock_message
@@ -41,6 +43,7 @@ __all__ = ["VirtualTimeLoop", "advance", "new_virtual_loop", "run"]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 _EVENT_MASK = selectors.EVENT_READ | selectors.EVENT_WRITE
+_LABKIT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _REAL_RESOLUTION = _time.get_clock_info("monotonic").resolution
 _ULP_SAFE = 2.0**21  # below this, 2 * ulp(t) < 1 ns: the real clock's resolution is enough
 
@@ -180,6 +183,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         start: float = 0.0,
     ) -> None:
         self._vt_now = float(start)
+        self._vt_start = float(start)
         self._vt_autojump = autojump
         self._vt_autojump_threshold = autojump_threshold
         self._vt_executor_jobs = 0
@@ -495,7 +499,12 @@ def _task_order(task: asyncio.Task[Any]) -> tuple[int, str]:
 def standard_loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
     """On asyncio's own loops: whether no callback is queued and no timer is due right now.
 
-    None when the loop keeps its queue out of sight (uvloop). Used by labkit.run_until_idle.
+    None when the loop keeps its queue out of sight (uvloop). Used by labkit.run_until_idle
+    (shared with labkit.scheduler, so not underscored, and not exported).
+
+    Example::
+
+        assert standard_loop_idle(asyncio.new_event_loop()) is True
     """
     if not isinstance(loop, asyncio.BaseEventLoop):
         return None
@@ -507,3 +516,196 @@ def standard_loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
         return False
     due = loop.time() + getattr(loop, "_clock_resolution", 0.0)
     return all(timer.cancelled() or timer.when() >= due for timer in scheduled)
+
+
+def enqueue(loop: VirtualTimeLoop, handle: asyncio.Handle) -> None:
+    """Queue an existing handle to run in the loop's next iteration, as ``call_soon`` queues a
+    new one: labkit's scheduler makes the handle when it holds a task wake-up, and queues it
+    when it releases the wake-up. Shared with labkit.scheduler, so not underscored, and not
+    exported.
+
+    Example::
+
+        handle = asyncio.Handle(print, ("released",), loop, contextvars.copy_context())
+        enqueue(loop, handle)       # runs in the loop's next iteration
+    """
+    base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+    base._ready.append(handle)
+
+
+class HeldHandle(asyncio.Handle):
+    """asyncio's Handle, made cheaply: for the task wake-ups labkit's scheduler holds.
+
+    Exploration makes one handle per task step, so the few field assignments of
+    ``Handle.__init__`` plus its debug-mode check add up; this sets asyncio's fields directly
+    (in debug mode it is ``Handle.__init__``, source traceback and all). It behaves as a Handle
+    in every way (``cancel()``, ``cancelled()``, ``repr``); subclasses add their own slots.
+    Shared with labkit.scheduler, so not underscored, and not exported.
+
+    Example::
+
+        handle = HeldHandle(print, ("held",), loop, contextvars.copy_context())
+        handle.cancel()
+        assert handle.cancelled()
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: VirtualTimeLoop,
+        context: contextvars.Context,
+    ) -> None:
+        base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+        fields: Any = self
+        if base._debug:
+            super().__init__(callback, args, loop, context)
+            # Where it was made, as asyncio's call_soon reports it: the caller, not labkit.
+            stack = fields._source_traceback
+            while stack and stack[-1].filename.startswith(_LABKIT_DIR):
+                stack.pop()
+            return
+        fields._context = context
+        fields._loop = loop
+        fields._callback = callback
+        fields._args = args
+        fields._cancelled = False
+        fields._repr = None
+        fields._source_traceback = None
+
+
+def only_selecting(loop: VirtualTimeLoop) -> bool:
+    """Whether the loop's next iteration would do nothing before its select hook runs a task.
+
+    True when no callback is queued, no timer is due, no real I/O or signal could be polled,
+    the loop is not stopping and not in debug mode (which times each callback): then labkit's
+    exploration may run the next chosen task step at once instead of in a new iteration, with
+    the same result. Shared with labkit.scheduler, so not underscored, and not exported.
+
+    Example::
+
+        if only_selecting(loop):
+            run_next_step()       # what the next iteration would have done, minus its cost
+    """
+    base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+    if (
+        base._ready
+        or base._stopping
+        or base._debug
+        or loop._vt_signal_handlers
+        or loop._vt_selector.outside
+    ):
+        return False
+    scheduled = base._scheduled
+    return not scheduled or scheduled[0]._when >= loop._vt_now + loop._clock_resolution
+
+
+async def _nothing() -> None:
+    """A coroutine that returns at once: one more turn of the loop."""
+
+
+class FreshState:
+    """A VirtualTimeLoop as its factory made it, to put it back after each run of an exploration.
+
+    Exploration runs a body hundreds of times; a fresh loop per run costs more than the run
+    itself. :meth:`restore` ends a run the way ``asyncio.Runner.close`` would (leftover tasks
+    cancelled and awaited, their errors reported, async generators closed), then drops every
+    pending callback and timer and resets the clock, the task factory, the exception handler and
+    the debug settings, so the next run sees a loop indistinguishable from a new one. It refuses
+    (returns False) when the run left real resources behind that a new loop would not have: an
+    executor job or subprocess in flight, a registered socket or pipe, a signal handler, a
+    ``real_time()`` block, a replaced or shut-down executor. Shared with labkit.explore, so not
+    underscored, and not exported.
+
+    Example::
+
+        loop = new_virtual_loop()
+        fresh = FreshState(loop)
+        loop.run_until_complete(asyncio.sleep(5))
+        assert fresh.restore() and loop.time() == 0.0
+    """
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        self.loop = loop
+        self.now = loop._vt_now
+        self.task_factory = loop.get_task_factory()
+        self.exception_handler = loop.get_exception_handler()
+        self.debug = loop.get_debug()
+        self.slow_callback_duration = loop.slow_callback_duration
+        base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+        self.executor = base._default_executor
+
+    def restore(self, tasks: Iterable[asyncio.Task[Any]] | None = None) -> bool:
+        """End the run (as ``asyncio.Runner.close`` would) and reset the loop; False if it cannot.
+
+        ``tasks``: every task the run made, if the caller knows them (saves asking asyncio for
+        all tasks of every loop); by default, ``asyncio.all_tasks(loop)``.
+        """
+        loop = self.loop
+        base: Any = loop  # asyncio's BaseEventLoop internals, untyped
+        if loop.is_closed() or loop.is_running():
+            return False
+        if tasks is None:
+            leftover = asyncio.all_tasks(loop)
+        else:
+            leftover = {task for task in tasks if not task.done()}
+        ended = bool(leftover)
+        if leftover:
+            for task in leftover:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+            for task in leftover:
+                if not task.cancelled() and task.exception() is not None:
+                    loop.call_exception_handler(
+                        {
+                            "message": "unhandled exception during asyncio.run() shutdown",
+                            "exception": task.exception(),
+                            "task": task,
+                        }
+                    )
+        scheduled = base._scheduled
+        if (
+            base._asyncgens
+            or base._ready
+            or (scheduled and scheduled[0]._when < loop._vt_now + loop._clock_resolution)
+        ):
+            # Runner.close() would now run the loop twice (to close async generators and the
+            # default executor), so callbacks still queued, or timers due, get to run: so here.
+            ended = True
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(_nothing())
+        if ended and asyncio.all_tasks(loop):
+            return False  # ending the run started new tasks: a new loop would not have them
+        if (
+            base._executor_shutdown_called
+            or base._default_executor is not self.executor
+            or loop._vt_signal_handlers
+            or loop._vt_selector.outside
+            or loop._vt_advance_waiter is not None
+            or loop._clock_held()
+        ):
+            return False
+        base._asyncgens_shutdown_called = False
+        if base._ready:
+            for handle in base._ready:
+                handle.cancel()
+            base._ready.clear()
+        if base._scheduled:
+            for timer in base._scheduled:
+                timer._scheduled = False  # dropped here, so cancel() must not count it again
+                timer.cancel()
+            base._scheduled.clear()
+        base._timer_cancelled_count = 0
+        loop._vt_idle_waiters.clear()
+        loop._vt_advance_target = None
+        loop._vt_now = self.now
+        if base._task_factory is not self.task_factory:
+            loop.set_task_factory(self.task_factory)
+        if base._exception_handler is not self.exception_handler:
+            loop.set_exception_handler(self.exception_handler)
+        if base._debug != self.debug:
+            loop.set_debug(self.debug)
+        loop.slow_callback_duration = self.slow_callback_duration
+        return True

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import types
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.loop import VirtualTimeLoop, advance, standard_loop_idle
-from labkit.trace import Labels, Step, TaskState, Trace, outcome, suspension
+from labkit.loop import (
+    HeldHandle,
+    VirtualTimeLoop,
+    advance,
+    enqueue,
+    only_selecting,
+    standard_loop_idle,
+)
+from labkit.trace import Labels, Step, StepRecord, TaskState, Trace, capture, outcome, suspension
 
 __all__ = ["Round", "Scheduler", "StepLimitError", "Stepper", "run_until_idle", "step_through"]
 
@@ -30,51 +38,171 @@ class StepLimitError(RuntimeError):
     """A controlled run took more scheduling steps than allowed: a task probably never blocks."""
 
 
-def _task_of(callback: Any) -> asyncio.Task[Any] | None:
-    """The task whose step or wake-up this callback is, or None for a plain callback."""
-    owner = getattr(callback, "__self__", None)
-    if owner is None or not hasattr(owner, "get_coro") or not asyncio.isfuture(owner):
-        return None
-    if type(callback).__name__ == "TaskStepMethWrapper":
-        return owner  # type: ignore[return-value]
-    if getattr(callback, "__name__", "") in _WAKEUP_NAMES:
-        return owner  # type: ignore[return-value]
+_current_task = asyncio.current_task
+
+
+def _naming_code() -> frozenset[types.CodeType]:
+    """Functions that give a task its name only after ``loop.create_task`` returns (3.12)."""
+    functions: list[Any] = [asyncio.create_task, asyncio.TaskGroup.create_task]
+    return frozenset(
+        code for code in (getattr(f, "__code__", None) for f in functions) if code is not None
+    )
+
+
+_NAMING_CODE = _naming_code()
+
+
+def _name_being_given() -> object:
+    """The name a caller two frames up is about to give the task being created, if any.
+
+    Python 3.12's ``asyncio.create_task(coro, name=...)`` (and ``TaskGroup.create_task``)
+    names the task after the loop made it; an eager task has taken its first step by then,
+    and must be labelled by the name it will have.
+    """
+    frame = sys._getframe(2)
+    if frame.f_code in _NAMING_CODE:
+        return frame.f_locals.get("name")
     return None
 
 
-@dataclass(eq=False)
-class _Entry:
-    task: asyncio.Task[Any]
-    handle: asyncio.Handle
-    callback: Callable[..., Any]
-    args: tuple[Any, ...]
-    context: contextvars.Context
-    woken_at: float
-    woken_after: int
-    woken_by: str
+# Whether objects of a type are tasks (future-like, with get_coro), per type: asked per call_soon.
+_TASK_TYPES: dict[type, bool] = {}
+
+
+def _task_of(callback: Any) -> asyncio.Task[Any] | None:
+    """The task whose step or wake-up this callback is, or None for a plain callback."""
+    owner = getattr(callback, "__self__", None)
+    if owner is None:
+        return None
+    kind = type(owner)
+    is_task = _TASK_TYPES.get(kind)
+    if is_task is None:
+        is_task = _TASK_TYPES[kind] = hasattr(owner, "get_coro") and asyncio.isfuture(owner)
+    if not is_task:
+        return None
+    if type(callback).__name__ == "TaskStepMethWrapper":
+        return owner  # type: ignore[no-any-return]
+    if getattr(callback, "__name__", "") in _WAKEUP_NAMES:
+        return owner  # type: ignore[no-any-return]
+    return None
+
+
+# Awaitables whose state says whether they have started (see _unstarted).
+_SAYS_IF_STARTED = frozenset({types.CoroutineType, types.GeneratorType})
+
+
+def _unstarted(coro: Any) -> bool | None:
+    """Whether a coroutine has not begun to run (an eager task's has, before its first wake-up).
+
+    None for an awaitable of another kind (``agen.aclose()``): it does not say.
+    """
+    kind = type(coro)
+    if kind is types.CoroutineType:
+        return coro.cr_frame is not None and not coro.cr_suspended and not coro.cr_running
+    if kind is types.GeneratorType:
+        return coro.gi_frame is not None and not coro.gi_suspended and not coro.gi_running
+    return None
+
+
+class _Entry(HeldHandle):
+    """One held task wake-up: the handle ``call_soon`` returned for it, and who made it ready.
+
+    It is the handle the caller got (so ``cancel()`` on it keeps the step from running), but
+    the loop never runs it: releasing it runs :meth:`Control._run` with it, or runs the step
+    inline (exploration).
+    """
+
+    __slots__ = (
+        "args",
+        "callback",
+        "context",
+        "label",
+        "ready",
+        "task",
+        "woken_after",
+        "woken_at",
+        "woken_by",
+    )
+
+    ready: tuple[str, ...]
+    """The tasks that were ready when this one was released."""
+
+    def __init__(
+        self,
+        task: asyncio.Task[Any],
+        label: str | None,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        loop: VirtualTimeLoop,
+        context: contextvars.Context,
+        woken_at: float,
+        woken_after: int,
+        woken_by: str,
+    ) -> None:
+        HeldHandle.__init__(self, callback, args, loop, context)
+        self.task = task
+        self.label = label
+        self.callback = callback
+        self.args = args
+        self.context = context
+        self.woken_at = woken_at
+        self.woken_after = woken_after
+        self.woken_by = woken_by
 
 
 class _Recorder:
-    """What a controlled run remembers: the trace, task names, timers, who has started."""
+    """What a controlled run remembers: the trace, task names, timers, steps begun."""
 
     def __init__(self) -> None:
         self.trace = Trace()
         self.labels = Labels()
-        self.timers: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-        self.started: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._timers: weakref.WeakKeyDictionary[Any, float] | None = None
+        self._started: weakref.WeakSet[asyncio.Task[Any]] | None = None
         self.in_flight = 0
         self.steps_begun = 0
+
+    # Made when first needed: most exploration runs need neither, and each costs a little.
+
+    @property
+    def timers(self) -> weakref.WeakKeyDictionary[Any, float]:
+        """Future -> when the timer that will resolve it is due."""
+        if self._timers is None:
+            self._timers = weakref.WeakKeyDictionary()
+        return self._timers
+
+    @property
+    def started(self) -> weakref.WeakSet[asyncio.Task[Any]]:
+        """Tasks of awaitables that cannot tell whether they started, once stepped."""
+        if self._started is None:
+            self._started = weakref.WeakSet()
+        return self._started
 
 
 class Control:
     """Holds a VirtualTimeLoop's task wake-ups in a pool and releases them on demand.
 
-    Installed, it shadows the loop's ``call_soon`` and ``call_at`` with instance attributes
-    (asyncio's C Task looks ``call_soon`` up on the instance) and sets the loop's select hook.
-    A task wake-up goes to the pool; any other callback goes straight to the loop, so asyncio's
-    FIFO order for plain callbacks is kept. With ``choose`` set (exploration), each select
-    releases one pooled task that ``choose`` picks; otherwise the pool is released in FIFO order
-    at the next select, unless an operation of a Scheduler or step_through holds it.
+    Installed, it shadows the loop's ``call_soon``, ``call_at`` and ``create_task`` with
+    instance attributes (asyncio's C Task looks ``call_soon`` up on the instance) and sets the
+    loop's select hook. A task wake-up goes to the pool; any other callback goes straight to
+    the loop, so asyncio's FIFO order for plain callbacks is kept. With ``choose`` set
+    (exploration), each select releases one pooled task that ``choose`` picks, and while the
+    loop would do nothing else before asking again, the next choice runs at once; otherwise the
+    pool is released in FIFO order at the next select, unless an operation of a Scheduler or
+    step_through holds it. With ``detail=False`` a step's record leaves out what woke the task
+    and where it stopped (the costly part), for runs whose trace nobody reads. A task that an
+    eager task factory (Python 3.12+) starts inside ``create_task`` runs its first step there,
+    uncontrolled; that step is recorded all the same. Shared by labkit.scheduler and
+    labkit.explore, so not underscored, and not exported.
+
+    Example::
+
+        control = Control(loop, choose=lambda ready: len(ready) - 1)   # always the newest
+        control.install()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            control.uninstall()
+        print(control.recorder.trace)
     """
 
     def __init__(
@@ -86,6 +214,7 @@ class Control:
         jitter: Callable[[], float] | None = None,
         exempt: asyncio.Task[Any] | None = None,
         max_steps: int | None = None,
+        detail: bool = True,
     ) -> None:
         self.loop = loop
         self.recorder = recorder if recorder is not None else _Recorder()
@@ -93,13 +222,22 @@ class Control:
         self.jitter = jitter
         self.exempt = exempt
         self.max_steps = max_steps
+        # detail=False (exploration): each step records only its task, time and who else was
+        # ready, not what woke it or where it stopped: labelling happens exactly as with
+        # detail, so the schedule is the same; a failing run is run again with detail.
+        self.detail = detail
         self.pool: list[_Entry] = []
         self.holding = 0
         self.release_all = False
         self.on_pool: asyncio.Future[None] | None = None
         self.installed = False
+        # Eager first steps taken inside a controlled step: recorded after it, in the order
+        # they began, so step numbers follow the order steps began in.
+        self._stepping = False
+        self._eager: list[StepRecord] = []
         self._real_call_soon = types.MethodType(type(loop).call_soon, loop)
         self._real_call_at = types.MethodType(type(loop).call_at, loop)
+        self._real_create_task = types.MethodType(type(loop).create_task, loop)
 
     # -- installing --------------------------------------------------------------------
 
@@ -113,6 +251,7 @@ class Control:
         attributes = vars(loop)
         attributes["call_soon"] = self._call_soon
         attributes["call_at"] = self._call_at
+        attributes["create_task"] = self._create_task
         loop._vt_select_hook = self._hook
         self.installed = True
 
@@ -124,6 +263,7 @@ class Control:
         attributes = vars(self.loop)
         attributes.pop("call_soon", None)
         attributes.pop("call_at", None)
+        attributes.pop("create_task", None)
         self.loop._vt_select_hook = None
         if not self.loop.is_closed():
             self.release_pool()
@@ -134,30 +274,44 @@ class Control:
     def _call_soon(
         self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
-        task = _task_of(callback)
+        task = _task_of(callback) if hasattr(callback, "__self__") else None
         if task is None or task is self.exempt:
             handle: asyncio.Handle = self._real_call_soon(callback, *args, context=context)
             return handle
-        if self.loop.is_closed():
+        loop = self.loop
+        if loop.is_closed():
             raise RuntimeError("Event loop is closed")
         if context is None:
             context = contextvars.copy_context()
-        handle = asyncio.Handle(callback, args, self.loop, context)
+        if self.detail:
+            woken_by = self._waker(task, args)
+        else:
+            # What _waker would label, and nothing else: labels number tasks in order.
+            woken_by = ""
+            current = _current_task(loop)
+            if (
+                current is not None
+                and current is not task
+                and current not in self.recorder.labels.assigned
+            ):
+                self.recorder.labels(current)
+        recorder = self.recorder
         entry = _Entry(
             task,
-            handle,
+            recorder.labels.assigned.get(task),  # a new task is labelled when first offered
             callback,
             args,
+            loop,
             context,
-            self.loop.time(),
-            self.recorder.steps_begun,
-            self._waker(task, args),
+            loop.time(),
+            recorder.steps_begun,
+            woken_by,
         )
         self.pool.append(entry)
         waiter = self.on_pool
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return handle
+        return entry
 
     def _call_at(
         self,
@@ -174,10 +328,43 @@ class Control:
                 self.recorder.timers[arg] = timer.when()
         return timer
 
+    def _create_task(self, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        recorder = self.recorder
+        loop = self.loop
+        real: Callable[..., asyncio.Task[Any]] = self._real_create_task
+        if loop.get_task_factory() is None or not _unstarted(coro):
+            return real(coro, **options)  # asyncio's Task starts lazily
+        creator = asyncio.current_task(loop)
+        woken_by = f"created by {recorder.labels(creator)}" if creator is not None else "created"
+        now = loop.time()
+        begun = recorder.steps_begun
+        eager = self._eager
+        position = len(eager)
+        name = options.get("name")
+        if name is None:
+            name = _name_being_given()
+        with recorder.labels.creating(coro, name):
+            task = real(coro, **options)
+            if _unstarted(coro):
+                return task
+            # An eager task factory ran the task's first step inside create_task.
+            recorder.steps_begun += 1
+            label = recorder.labels(task, coro)  # task.get_coro() is unsafe once it is done
+            record = self._record(task, label, now, (), now, begun, woken_by)
+        if self._stepping:
+            eager.insert(position, record)
+        else:
+            recorder.trace.pending.append(record)
+        return task
+
+    def _unstarted(self, task: asyncio.Task[Any]) -> bool:
+        unstarted = _unstarted(task.get_coro())
+        return task not in self.recorder.started if unstarted is None else unstarted
+
     def _waker(self, task: asyncio.Task[Any], args: tuple[Any, ...]) -> str:
         recorder = self.recorder
-        current = asyncio.current_task(self.loop)
-        if task not in recorder.started and not args:
+        current = _current_task(self.loop)
+        if not args and self._unstarted(task):
             return f"created by {recorder.labels(current)}" if current is not None else "created"
         if current is task:
             return "itself"
@@ -191,18 +378,20 @@ class Control:
         return "callback"
 
     def _hook(self, timeout: float | None) -> bool:
-        if not self.pool:
+        pool = self.pool
+        if not pool:
             return False
         if self.choose is not None:
-            if self.max_steps is not None and len(self.recorder.trace.steps) >= self.max_steps:
+            limit = self.max_steps
+            if limit is not None and len(self.recorder.trace) >= limit:
                 raise StepLimitError(
                     f"the run took more than {self.max_steps} scheduling steps without "
                     "finishing: some task never blocks (a `while True: await "
                     "asyncio.sleep(0)` loop?); pass max_steps= to allow more"
                 )
-            ready = [self.recorder.labels(entry.task) for entry in self.pool]
+            ready = [entry.label or self._label(entry) for entry in pool]
             index = self.choose(ready)
-            self.release(self.pool.pop(index), tuple(ready))
+            self.release(pool.pop(index), tuple(ready))
             return True
         if self.release_all or not self.holding:
             self.release_pool()
@@ -211,51 +400,124 @@ class Control:
 
     # -- releasing ---------------------------------------------------------------------
 
+    def _label(self, entry: _Entry) -> str:
+        # Labelled when first offered, not when pooled: asyncio.create_task names a task
+        # only after the loop has made it (and asked to schedule its first step).
+        label = entry.label = self.recorder.labels(entry.task)
+        return label
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """Every task this control has seen (held, offered or started eagerly)."""
+        return list(self.recorder.labels.assigned)
+
     def ready_names(self) -> tuple[str, ...]:
-        return tuple(self.recorder.labels(entry.task) for entry in self.pool)
+        return tuple(entry.label or self._label(entry) for entry in self.pool)
 
     def release_pool(self) -> None:
         pool, self.pool = self.pool, []
-        ready = tuple(self.recorder.labels(entry.task) for entry in pool)
+        ready = tuple(entry.label or self._label(entry) for entry in pool)
         for entry in pool:
             self.release(entry, ready)
 
     def release(self, entry: _Entry, ready: tuple[str, ...]) -> None:
-        if entry.handle.cancelled():
+        if entry.cancelled():
             return
+        entry.ready = ready
         self.recorder.in_flight += 1
-        self._real_call_soon(self._run, entry, ready, context=entry.context)
+        enqueue(self.loop, asyncio.Handle(self._run, (entry,), self.loop, entry.context))
 
-    def _run(self, entry: _Entry, ready: tuple[str, ...]) -> None:
+    def _run(self, entry: _Entry) -> None:
+        self.recorder.in_flight -= 1
+        self._step(entry)
+        if self.choose is None:
+            return
+        # Exploration: while the loop's next iteration would only come back to the select hook
+        # to pick the next task, pick it and run it here, in the context it would run in.
+        entered = entry.context
+        while True:
+            chosen = self._inline()
+            if chosen is None:
+                return
+            if chosen.context is entered:
+                self._step(chosen)
+            else:
+                chosen.context.run(self._step, chosen)
+
+    def _inline(self) -> _Entry | None:
+        """The hook's next choice, made now, if nothing else would happen before it."""
+        pool = self.pool
+        limit = self.max_steps
+        while pool and only_selecting(self.loop):
+            if limit is not None and len(self.recorder.trace) >= limit:
+                return None  # the hook raises StepLimitError, outside any callback
+            ready = [entry.label or self._label(entry) for entry in pool]
+            assert self.choose is not None
+            entry = pool.pop(self.choose(ready))
+            entry.ready = tuple(ready)
+            return entry  # if cancelled, _step skips it and the next choice follows
+        return None
+
+    def _step(self, entry: _Entry) -> None:
         recorder = self.recorder
-        recorder.in_flight -= 1
         task = entry.task
-        if entry.handle.cancelled() or task.done():
+        if entry.cancelled() or task.done():
             return
         now = self.loop.time()
-        recorder.started.add(task)
         recorder.steps_begun += 1
-        entry.callback(*entry.args)
-        if task.done():
-            where, awaiting, until = None, None, None
-        else:
-            where, awaiting, until = suspension(task, recorder.labels, recorder.timers)
-        steps = recorder.trace.steps
-        steps.append(
-            Step(
-                number=len(steps) + 1,
-                time=now,
-                task=recorder.labels(task),
-                ready=ready,
-                woken_at=entry.woken_at,
-                woken_after=entry.woken_after,
-                woken_by=entry.woken_by,
-                where=where,
-                awaiting=awaiting,
-                until=until,
-                outcome=outcome(task),
+        if type(task.get_coro()) not in _SAYS_IF_STARTED:
+            recorder.started.add(task)
+        self._stepping = True
+        try:
+            entry.callback(*entry.args)
+        finally:
+            self._stepping = False
+        label = entry.label or self._label(entry)
+        ready = entry.ready
+        if (
+            self.detail
+            or task.done()
+            or (
+                isinstance(waiter := getattr(task, "_fut_waiter", None), asyncio.Task)
+                and waiter not in recorder.labels.assigned
             )
-        )
+        ):
+            record = self._record(
+                task, label, now, ready, entry.woken_at, entry.woken_after, entry.woken_by
+            )
+        else:  # the common case of exploration: a step that suspended, recorded cheaply
+            record = (now, label, ready, entry.woken_at, entry.woken_after, "", None, 0,
+                      None, None, "suspended")  # fmt: skip
+        pending = recorder.trace.pending
+        pending.append(record)
+        if self._eager:
+            pending.extend(self._eager)
+            self._eager.clear()
+
+    def _record(
+        self,
+        task: asyncio.Task[Any],
+        label: str,
+        now: float,
+        ready: tuple[str, ...],
+        woken_at: float,
+        woken_after: int,
+        woken_by: str,
+    ) -> StepRecord:
+        """The record of the step ``task`` just took (it is suspended or done)."""
+        if task.done():
+            end = outcome(task)
+            return (now, label, ready or (label,), woken_at, woken_after, woken_by, None, 0,
+                    None, None, end)  # fmt: skip
+        recorder = self.recorder
+        if not self.detail:
+            # capture() labels a task awaited directly, if it is new: that much, it must do.
+            waiter = getattr(task, "_fut_waiter", None)
+            if not isinstance(waiter, asyncio.Task) or waiter in recorder.labels.assigned:
+                return (now, label, ready or (label,), woken_at, woken_after, woken_by, None,
+                        0, None, None, "suspended")  # fmt: skip
+        code, line, awaiting, until = capture(task, recorder.labels, recorder.timers)
+        return (now, label, ready or (label,), woken_at, woken_after, woken_by, code, line,
+                awaiting, until, "suspended")  # fmt: skip
 
     async def wait_for_pool(self) -> None:
         """Block until some task wake-up is held (time may move meanwhile)."""
@@ -272,7 +534,7 @@ class Control:
             return TaskState(labels(task), "done", None, None, None)
         for entry in self.pool:
             if entry.task is task:
-                started = task in self.recorder.started
+                started = not self._unstarted(task)
                 where = suspension(task, labels, self.recorder.timers)[0] if started else None
                 return TaskState(labels(task), "ready", where, None, None, entry.woken_by)
         where, awaiting, until = suspension(task, labels, self.recorder.timers)
@@ -340,7 +602,10 @@ class Scheduler:
     (where they wait, on what, until when); :meth:`step` runs exactly one of them to its next
     ``await``; :meth:`run_until_idle` and :meth:`advance` let everything run. Whenever the test
     task awaits anything else, held tasks run in asyncio's own order, so holding never
-    deadlocks a test. Every step is recorded in :attr:`trace`.
+    deadlocks a test. Every step is recorded in :attr:`trace`. Under an eager task factory
+    (``asyncio.eager_task_factory``, Python 3.12+) ``create_task`` runs a new task's first step
+    at once, before it can be held: that step is in the trace, and the task is ready (or
+    waiting) at its first ``await``.
 
     Example::
 
@@ -432,16 +697,16 @@ class Scheduler:
             index = matches[0]
         ready = control.ready_names()
         entry = control.pool.pop(index)
-        steps = control.recorder.trace.steps
-        mark = len(steps)
+        trace = control.recorder.trace
+        mark = len(trace)
         control.release(entry, ready)
         control.holding += 1
         try:
             await control.loop._wait_idle()
         finally:
             control.holding -= 1
-        label = control.recorder.labels(entry.task)
-        for step in steps[mark:]:
+        label = entry.label or control.recorder.labels(entry.task)
+        for step in trace.steps[mark:]:
             if step.task == label:
                 return step
         raise RuntimeError(f"task {label!r} was cancelled before it could run")
@@ -545,6 +810,10 @@ class Stepper:
             # A stepper dropped mid-way (``break``) must not keep holding the loop's wake-ups.
             self._release = weakref.finalize(self, self._control.uninstall)
             self.tasks = tuple(self._start(loop))
+            if len(self._recorder.trace) > self._mark:
+                # An eager task factory ran the tasks' first steps inside create_task, one
+                # task after the other: that was the first round.
+                return self._round(loop)
         control = self._control
         if self.rounds >= self._limit or all(task.done() for task in self.tasks):
             self._finish()
@@ -560,6 +829,9 @@ class Stepper:
             raise
         finally:
             control.holding -= 1
+        return self._round(loop)
+
+    def _round(self, loop: VirtualTimeLoop) -> Round:
         self.rounds += 1
         steps = self._recorder.trace.steps
         ran, self._mark = tuple(steps[self._mark :]), len(steps)
@@ -615,6 +887,8 @@ def step_through(
     tasks it wakes wait for the next round. When no task is ready, the round first moves the
     virtual clock to the next timer. Stops when all tasks are done or after ``steps`` rounds
     (unfinished tasks are left running). Tasks are named ``names`` or after their coroutines.
+    Under an eager task factory (``asyncio.eager_task_factory``, Python 3.12+) the tasks take
+    their first step as they are created, in the order given: that is the first round.
 
     Example::
 

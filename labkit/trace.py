@@ -7,14 +7,16 @@ the same text: in a terminal, in a failure report and in a notebook's stored out
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import linecache
+import operator
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import types
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from labkit.deadlock import suspension_frames
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,12 +124,34 @@ class TaskState:
         return f"{self.task}: {wait} at {self.where}" if self.where else f"{self.task}: {wait}"
 
 
-@dataclass
+# What a controlled run records per step, cheaply: time, task, ready, woken_at, woken_after,
+# woken_by, the code and line where the task stopped (or None), awaiting, until, outcome. A Step
+# (with its Location: file name, source line) is made from it only when someone reads the trace.
+StepRecord = tuple[
+    float,
+    str,
+    tuple[str, ...],
+    float,
+    int,
+    str,
+    "types.CodeType | None",
+    int,
+    "str | None",
+    "float | None",
+    str,
+]
+
+
+_TASK_OF_RECORD = operator.itemgetter(1)
+
+
 class Trace:
     """The steps of one controlled run, in the order they happened.
 
     Render it with ``str(trace)`` / :meth:`text` (stable text for terminals and notebooks) or
-    :meth:`plot` (a matplotlib timeline, one lane per task).
+    :meth:`plot` (a matplotlib timeline, one lane per task). A scheduler records each step as a
+    cheap :data:`StepRecord` (:meth:`record`); the :class:`Step` objects, with their source
+    lines, are made the first time :attr:`steps` is read, so runs nobody looks at cost little.
 
     Example::
 
@@ -136,17 +160,43 @@ class Trace:
         run.trace.plot()          # the same run as a picture
     """
 
-    steps: list[Step] = field(default_factory=list)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, steps: Iterable[Step] = ()) -> None:
+        self._steps: list[Step] = list(steps)
+        self.pending: list[StepRecord] = []
+        """Recorded steps not yet turned into :class:`Step` objects (appended by schedulers)."""
+
+    def record(self, record: StepRecord) -> None:
+        """Add one step as a record (labkit's schedulers use ``pending.append`` directly)."""
+        self.pending.append(record)
+
+    @property
+    def steps(self) -> list[Step]:
+        """Every step so far (read it again after more steps ran: new ones are added then)."""
+        pending = self.pending
+        if pending:
+            steps = self._steps
+            number = len(steps)
+            for time, task, ready, at, after, by, code, line, awaiting, until, end in pending:
+                number += 1
+                where = None if code is None else location(code, line)
+                steps.append(
+                    Step(number, time, task, ready, at, after, by, where, awaiting, until, end)
+                )
+            pending.clear()
+        return self._steps
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """Every task that ran, in order of first appearance."""
-        return tuple(dict.fromkeys(step.task for step in self.steps))
+        return tuple(dict.fromkeys(self.schedule))
 
     @property
     def schedule(self) -> tuple[str, ...]:
         """The task that ran at each step: the schedule, compact enough to compare."""
-        return tuple(step.task for step in self.steps)
+        done = tuple(step.task for step in self._steps)
+        return done + tuple(map(_TASK_OF_RECORD, self.pending)) if self.pending else done
 
     def text(self, *, last: int | None = None) -> str:
         """The trace as a table; ``last=N`` keeps only the final N steps."""
@@ -163,8 +213,16 @@ class Trace:
     def __str__(self) -> str:
         return self.text()
 
+    def __repr__(self) -> str:
+        return f"Trace(steps={self.steps!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trace):
+            return NotImplemented
+        return self.steps == other.steps
+
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self._steps) + len(self.pending)
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
@@ -179,32 +237,76 @@ class Trace:
 
 
 class Labels:
-    """Stable, readable task names for one run: explicit names, else the coroutine's name."""
+    """Stable, readable task names for one run: explicit names, else the coroutine's name.
+
+    Example::
+
+        labels = Labels()
+        print(labels(task))     # "worker", then "worker#2" for the next task of worker()
+    """
 
     def __init__(self) -> None:
-        self._labels: dict[asyncio.Task[Any], str] = {}
+        self.assigned: dict[asyncio.Task[Any], str] = {}
+        """Task -> its label, for every task labelled so far."""
         self._used: dict[str, int] = {}
+        self.naming: dict[Any, str] = {}
+        """Coroutine -> the name its task is being created with (see :meth:`creating`)."""
 
-    def __call__(self, task: asyncio.Task[Any]) -> str:
-        label = self._labels.get(task)
+    def __call__(self, task: asyncio.Task[Any], coro: Any = None) -> str:
+        """The task's label; ``coro`` is its coroutine, when the caller has it at hand.
+
+        A task that an eager task factory ran to completion inside ``create_task`` has no
+        coroutine to ask for: ``get_coro()`` returns None on Python 3.13 and crashes the
+        interpreter on 3.12.1. Whoever labels such a task passes the coroutine.
+        """
+        label = self.assigned.get(task)
         if label is None:
-            name = task.get_name()
-            if _DEFAULT_NAME.fullmatch(name):
-                qualname = getattr(task.get_coro(), "__qualname__", "") or "task"
+            if coro is None:
+                coro = task.get_coro()
+            name = self.naming.get(coro) if self.naming else None
+            if name is None:
+                name = task.get_name()
+            # Python 3.13.0 names a task made by a task factory "None" (CPython gh-130033).
+            if name == "None" or (name.startswith("Task-") and _DEFAULT_NAME.fullmatch(name)):
+                qualname = getattr(coro, "__qualname__", "") or "task"
                 name = qualname.rsplit(".", 1)[-1]
             count = self._used.get(name, 0) + 1
             self._used[name] = count
             label = name if count == 1 else f"{name}#{count}"
-            self._labels[task] = label
+            self.assigned[task] = label
         return label
 
+    @contextlib.contextmanager
+    def creating(self, coro: Any, name: object) -> Iterator[None]:
+        """Label a task by ``name`` while ``create_task`` makes it.
+
+        An eager task (Python 3.12's ``eager_task_factory``) runs its first step inside
+        ``create_task``, before asyncio gives it its name: a label made then must use the name
+        the task is about to get.
+        """
+        if name is None:
+            yield
+            return
+        self.naming[coro] = str(name)
+        try:
+            yield
+        finally:
+            self.naming.pop(coro, None)
+
     def clear(self) -> None:
-        self._labels.clear()
+        self.assigned.clear()
 
 
-def _location(frame: Any) -> Location:
-    code = frame.f_code
-    source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+@functools.lru_cache(maxsize=4096)
+def location(code: types.CodeType, line: int) -> Location:
+    """The Location of ``line`` in ``code`` (file base name, function, source text), cached.
+
+    Example::
+
+        frame = sys._getframe()
+        print(location(frame.f_code, frame.f_lineno))   # app.py:12 in main: ...
+    """
+    source = linecache.getline(code.co_filename, line).strip()
     comment = source.find("  # ")
     if comment > 0:
         source = source[:comment]
@@ -213,30 +315,93 @@ def _location(frame: Any) -> Location:
     function = code.co_qualname.replace(".<locals>", "")
     filename = code.co_filename
     file = "cell" if _CELL_FILE.fullmatch(filename) else os.path.basename(filename)
-    return Location(file, frame.f_lineno, function, source)
+    return Location(file, line, function, source)
+
+
+def _location(frame: Any) -> Location:
+    return location(frame.f_code, frame.f_lineno)
 
 
 def _is_library(filename: str) -> bool:
     return filename.startswith(_ASYNCIO_DIR) or filename.startswith(_LABKIT_DIR)
 
 
-def suspension(
+_LIBRARY_FILES: dict[str, bool] = {}
+_PUBLIC_NAMES: dict[str, bool] = {}
+
+
+def _library_file(filename: str) -> bool:
+    known = _LIBRARY_FILES.get(filename)
+    if known is None:
+        known = _LIBRARY_FILES[filename] = _is_library(filename)
+    return known
+
+
+def _public_name(qualname: str) -> bool:
+    known = _PUBLIC_NAMES.get(qualname)
+    if known is None:
+        known = _PUBLIC_NAMES[qualname] = not any(p.startswith("_") for p in qualname.split("."))
+    return known
+
+
+_COROUTINE = types.CoroutineType
+_GENERATOR = types.GeneratorType
+
+
+def capture(
     task: asyncio.Task[Any], labels: Labels, timers: Mapping[Any, float]
-) -> tuple[Location | None, str | None, float | None]:
-    """Where a suspended task waits (its innermost frame in user code), on what, and until when."""
-    frames = list(suspension_frames(task.get_coro()))
-    user = [f for f in frames if not _is_library(f.f_code.co_filename)]
-    where = _location(user[-1]) if user else (_location(frames[-1]) if frames else None)
+) -> tuple[types.CodeType | None, int, str | None, float | None]:
+    """Where a suspended task waits, as cheaply as possible: its code and line, on what, until.
+
+    The same answer as :func:`suspension`, with the place as (code, line) rather than a
+    Location (made later, if the trace is read): schedulers call this after every step.
+
+    Example::
+
+        code, line, awaiting, until = capture(task, labels, timers)
+        print(awaiting, until, location(code, line))   # sleep(5) 5.0 app.py:12 in worker: ...
+    """
+    coro: Any = task.get_coro()
+    last: Any = None
+    last_user: Any = None
+    first_library: Any = None
+    first_public: Any = None
+    seen = 0
+    while coro is not None and seen < 100:
+        seen += 1
+        kind = type(coro)
+        if kind is _COROUTINE:
+            frame = coro.cr_frame
+            following = coro.cr_await
+        elif kind is _GENERATOR:
+            frame = coro.gi_frame
+            following = coro.gi_yieldfrom
+        else:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is None:
+                frame = getattr(coro, "gi_frame", None)
+            following = (
+                getattr(coro, "cr_await", None)
+                or getattr(coro, "ag_await", None)
+                or getattr(coro, "gi_yieldfrom", None)
+            )
+        if frame is None:
+            break
+        last = frame
+        code = frame.f_code
+        if _library_file(code.co_filename):
+            if first_library is None:
+                first_library = frame
+            if first_public is None and _public_name(code.co_qualname):
+                first_public = frame
+        else:
+            last_user = frame
+        coro = following or None
+    where = last_user if last_user is not None else last
     awaiting: str | None = None
-    library = [f for f in frames if _is_library(f.f_code.co_filename)]
-    if library:
+    if first_library is not None:
         # The outermost public call (Lock.acquire rather than _ContextManagerMixin.__aenter__).
-        public = [
-            f
-            for f in library
-            if not any(p.startswith("_") for p in f.f_code.co_qualname.split("."))
-        ]
-        frame = public[0] if public else library[0]
+        frame = first_public if first_public is not None else first_library
         awaiting = frame.f_code.co_qualname
         if awaiting == "sleep":
             delay = frame.f_locals.get("delay")
@@ -247,14 +412,22 @@ def suspension(
         if isinstance(waiter, asyncio.Task):
             awaiting = f"task {labels(waiter)}"
         elif waiter is not None:
-            kind = type(waiter).__name__
-            awaiting = "gather" if kind == "_GatheringFuture" else "future"
+            kind_name = type(waiter).__name__
+            awaiting = "gather" if kind_name == "_GatheringFuture" else "future"
         else:
             awaiting = "yield"
-    until: float | None = None
-    if waiter is not None:
-        until = timers.get(waiter)
-    return where, awaiting, until
+    until = timers.get(waiter) if waiter is not None else None
+    if where is None:
+        return None, 0, awaiting, until
+    return where.f_code, where.f_lineno, awaiting, until
+
+
+def suspension(
+    task: asyncio.Task[Any], labels: Labels, timers: Mapping[Any, float]
+) -> tuple[Location | None, str | None, float | None]:
+    """Where a suspended task waits (its innermost frame in user code), on what, and until when."""
+    code, line, awaiting, until = capture(task, labels, timers)
+    return (None if code is None else location(code, line)), awaiting, until
 
 
 def outcome(task: asyncio.Task[Any]) -> str:

@@ -853,3 +853,125 @@ def test_async_generators_are_finalized_by_the_runner() -> None:
 
     assert labkit.run(main()) == 3.0
     assert closed == [3.0]
+
+
+# -- FreshState: one loop for many runs (labkit.explore) -----------------------------------------
+
+
+def test_fresh_state_ends_a_run_and_resets_the_loop(loop: VirtualTimeLoop) -> None:
+    from labkit.loop import FreshState
+
+    fresh = FreshState(loop)
+    errors: list[dict[str, Any]] = []
+    handler = loop.get_exception_handler()
+    cleaned: list[str] = []
+    late: list[str] = []
+
+    async def broken() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append("broken")
+            raise ValueError("cleanup failed")
+
+    async def generator() -> Any:
+        try:
+            yield 1
+            yield 2
+        finally:
+            cleaned.append("generator")
+
+    async def run() -> None:
+        left = asyncio.create_task(broken())
+        agen = generator()
+        await agen.__anext__()  # left suspended: the loop must close it
+        run.agen = agen  # type: ignore[attr-defined]
+        loop.call_later(10, late.append, "timer")
+        loop.set_task_factory(lambda loop, coro, **kw: asyncio.Task(coro, loop=loop, **kw))
+        loop.set_exception_handler(lambda loop, context: errors.append(context))
+        loop.slow_callback_duration = 5.0
+        await asyncio.sleep(3)
+        assert not left.done()
+
+    loop.run_until_complete(run())
+    assert loop.time() == 3.0
+    assert fresh.restore()
+    assert cleaned == ["broken", "generator"]
+    assert [e["message"] for e in errors] == ["unhandled exception during asyncio.run() shutdown"]
+    assert loop.time() == 0.0
+    assert loop.get_task_factory() is None
+    assert loop.get_exception_handler() is handler
+    assert loop.slow_callback_duration == 0.1
+    assert asyncio.all_tasks(loop) == set()
+    loop.run_until_complete(asyncio.sleep(20))
+    assert late == [], "a timer of the earlier run fired in the next one"
+
+
+def test_fresh_state_refuses_a_loop_with_real_resources(loop: VirtualTimeLoop) -> None:
+    from labkit.loop import FreshState
+
+    fresh = FreshState(loop)
+    left, right = socket.socketpair()
+    try:
+        left.setblocking(False)
+        loop.add_reader(left, lambda: None)
+        assert not fresh.restore()
+        loop.remove_reader(left)
+        assert fresh.restore()
+    finally:
+        left.close()
+        right.close()
+    loop.run_until_complete(loop.shutdown_default_executor())
+    assert not fresh.restore(), "a shut-down executor is not what a new loop has"
+
+
+def test_only_selecting_is_true_only_when_the_next_turn_would_just_select(
+    loop: VirtualTimeLoop,
+) -> None:
+    from labkit.loop import only_selecting
+
+    observed: list[bool] = []
+
+    async def main() -> None:
+        observed.append(only_selecting(loop))
+        loop.call_soon(lambda: None)
+        observed.append(only_selecting(loop))
+        await asyncio.sleep(0)
+        timer = loop.call_later(0, lambda: None)  # due now
+        observed.append(only_selecting(loop))
+        timer.cancel()
+        await asyncio.sleep(0)
+        loop.call_later(1, lambda: None)  # not due yet
+        observed.append(only_selecting(loop))
+
+    loop.run_until_complete(main())
+    assert observed == [True, False, False, True]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_held_handle_is_a_handle_like_any_other(loop: VirtualTimeLoop, debug: bool) -> None:
+    import contextvars
+
+    from labkit.loop import HeldHandle, enqueue
+
+    loop.set_debug(debug)
+    ran: list[str] = []
+    context = contextvars.copy_context()
+    made = asyncio.Handle(ran.append, ("x",), loop, context)
+    held = HeldHandle(ran.append, ("x",), loop, context)
+    assert repr(held).replace("HeldHandle", "Handle").split(" created at ")[0] == (
+        repr(made).split(" created at ")[0]
+    )
+    stack = held._source_traceback  # type: ignore[attr-defined]
+    if debug:  # made here, as asyncio would say, not in labkit
+        assert stack[-1].filename == made._source_traceback[-1].filename == __file__  # type: ignore[attr-defined]
+    else:
+        assert stack is None
+    enqueue(loop, held)
+    cancelled = HeldHandle(ran.append, ("never",), loop, context)
+    cancelled.cancel()
+    assert cancelled.cancelled()
+    enqueue(loop, cancelled)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == ["x"]
+    loop.set_debug(False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 
 import pytest
 
@@ -260,34 +261,36 @@ async def test_plain_callbacks_keep_fifo_order_under_control() -> None:
 # -- step_through ------------------------------------------------------------------------------
 
 
+async def producer(queue: asyncio.Queue[int]) -> None:
+    for i in range(3):
+        await queue.put(i)
+
+
+async def consumer(queue: asyncio.Queue[int]) -> None:
+    for _ in range(3):
+        await queue.get()
+        await asyncio.sleep(1)
+
+
+PRODUCER_CONSUMER_ROUNDS = [
+    "round 1 at t=0: producer -> Queue.put, consumer -> sleep(1)",
+    "round 2 at t=0: producer -> Queue.put",
+    "round 3 at t=1: consumer -> sleep(1)",
+    "round 4 at t=1: producer -> returned",
+    "round 5 at t=2: consumer -> sleep(1)",
+    "round 6 at t=3: consumer -> returned",
+]
+
+
 @virtual
 async def test_step_through_runs_each_ready_task_one_step_per_round() -> None:
     queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
-    sizes: list[int] = []
-
-    async def producer() -> None:
-        for i in range(3):
-            await queue.put(i)
-
-    async def consumer() -> None:
-        for _ in range(3):
-            await queue.get()
-            await asyncio.sleep(1)
-
-    stepper = step_through(producer(), consumer())
+    stepper = step_through(producer(queue), consumer(queue))
     rounds = []
     async for rnd in stepper:
         rounds.append(str(rnd))
-        sizes.append(queue.qsize())
         assert queue.qsize() <= 1
-    assert rounds == [
-        "round 1 at t=0: producer -> Queue.put, consumer -> sleep(1)",
-        "round 2 at t=0: producer -> Queue.put",
-        "round 3 at t=1: consumer -> sleep(1)",
-        "round 4 at t=1: producer -> returned",
-        "round 5 at t=2: consumer -> sleep(1)",
-        "round 6 at t=3: consumer -> returned",
-    ]
+    assert rounds == PRODUCER_CONSUMER_ROUNDS
     assert [t.get_name() for t in stepper.tasks] == ["producer", "consumer"]
     assert all(t.done() for t in stepper.tasks)
 
@@ -377,3 +380,106 @@ async def test_closing_a_stepper_that_never_ran_closes_its_coroutines() -> None:
     await stepper.aclose()
     assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"
     assert [r async for r in stepper] == []
+
+
+# -- an eager task factory (Python 3.12+) ----------------------------------------------------
+
+eager_only = pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12"
+)
+
+
+def eager(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Put the running loop (or ``loop``) on asyncio's eager task factory."""
+    (loop or asyncio.get_running_loop()).set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+
+
+@eager_only
+@virtual
+async def test_step_through_under_an_eager_factory_counts_creation_as_round_one() -> None:
+    eager()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    stepper = step_through(producer(queue), consumer(queue))
+    rounds = [str(rnd) async for rnd in stepper]
+    # The first steps ran inside create_task, in the order given: the same first round.
+    assert rounds == PRODUCER_CONSUMER_ROUNDS
+    assert [t.get_name() for t in stepper.tasks] == ["producer", "consumer"]
+    first = stepper.trace.steps[0]
+    assert first.woken_by.startswith("created by test_step_through_under_an_eager")
+
+
+@eager_only
+@virtual
+async def test_scheduler_under_an_eager_factory_holds_tasks_after_their_first_step() -> None:
+    eager()
+    account = {"balance": 100}
+    async with Scheduler() as s:
+        a = asyncio.create_task(deposit(account, 50), name="a")
+        b = asyncio.create_task(deposit(account, 70), name="b")
+        # Both read the balance as they were created: the lost update is already set up.
+        assert [step.task for step in s.trace] == ["a", "b"]
+        assert [state.task for state in s.ready()] == ["a", "b"]
+        assert all(state.woken_by == "itself" for state in s.ready())
+        await s.step("b")
+        await s.step("a")
+    assert a.done()
+    assert b.done()
+    assert account["balance"] == 150
+    assert [step.task for step in s.trace] == ["a", "b", "b", "a"]
+    assert s.trace.steps[0].woken_by.startswith("created by ")
+    assert s.trace.steps[0].awaiting == "sleep(0)"
+
+
+@eager_only
+@virtual
+async def test_scheduler_labels_unnamed_eager_tasks_by_their_coroutine() -> None:
+    """Python 3.13.0 names a factory-made task "None" (gh-130033): not in labkit's labels."""
+    eager()
+    account = {"balance": 0}
+    async with Scheduler() as s:
+        tasks = [asyncio.create_task(deposit(account, n)) for n in (1, 2)]
+        await s.run_until_idle()
+    assert all(task.done() for task in tasks)
+    assert [step.task for step in s.trace] == ["deposit", "deposit#2", "deposit", "deposit#2"]
+
+
+@eager_only
+@virtual
+async def test_run_until_idle_under_an_eager_factory() -> None:
+    eager()
+    queues, tasks = chain(5)  # each relay ran to its first await as it was created
+    queues[0].put_nowait(1)
+    await run_until_idle()
+    assert queues[-1].get_nowait() == 6
+    assert all(t.done() for t in tasks)
+
+
+@eager_only
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_run_until_idle_under_an_eager_factory_on_asyncio_own_loop() -> None:
+    eager()
+    queues, _tasks = chain(4)
+    queues[0].put_nowait(1)
+    await run_until_idle()
+    assert queues[-1].get_nowait() == 5
+
+
+@eager_only
+def test_the_virtual_loop_under_an_eager_factory() -> None:
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return asyncio.get_running_loop().time()
+
+    async def main() -> list[float]:
+        eager()
+        tasks = [asyncio.create_task(nap(s), name=f"nap{s}") for s in (3600, 60)]
+        return list(await asyncio.gather(*tasks))
+
+    assert labkit.run(main()) == [3600.0, 60.0]
+
+    async def stuck() -> None:
+        eager()
+        await asyncio.create_task(asyncio.Event().wait(), name="forever")
+
+    with pytest.raises(DeadlockError, match="task 'forever'"):
+        labkit.run(stuck())
