@@ -193,8 +193,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._vt_advance_target: float | None = None
         self._vt_advance_waiter: asyncio.Future[None] | None = None
         self._vt_idle_waiters: list[asyncio.Future[None]] = []
-        # Set by labkit.scheduler while it holds task wakeups; returns True if it released some.
-        self._vt_select_hook: Callable[[float | None], bool] | None = None
+        #: Called with the select timeout before the loop waits; labkit.scheduler sets it while it
+        #: holds task wake-ups, and it returns True when it released some (they run at once).
+        self.select_hook: Callable[[float | None], bool] | None = None
         self._vt_selector = _VirtualSelector(
             selector if selector is not None else selectors.DefaultSelector()
         )
@@ -273,8 +274,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._vt_advance_target = None
             self._vt_advance_waiter = None
 
-    async def _wait_idle(self) -> None:
-        """Return when every other task is blocked and nothing is ready (no time passes)."""
+    async def wait_idle(self) -> None:
+        """Return when every other task is blocked and nothing is ready; no virtual time passes.
+
+        The building block of :func:`labkit.run_until_idle` and of stepping.
+
+        Example::
+
+            asyncio.create_task(worker())
+            await asyncio.get_running_loop().wait_idle()   # worker now waits on its queue
+        """
         waiter: asyncio.Future[None] = self.create_future()
         self._vt_idle_waiters.append(waiter)
         try:
@@ -374,7 +383,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._vt_selector.real.select(0)
 
     def _select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
-        hook = self._vt_select_hook
+        hook = self.select_hook
         if hook is not None and hook(timeout):
             timeout = 0  # held tasks were just made ready: they run in this iteration
         if timeout is not None and timeout <= 0:

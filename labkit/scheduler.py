@@ -243,7 +243,7 @@ class Control:
 
     def install(self) -> None:
         loop = self.loop
-        if loop._vt_select_hook is not None:
+        if loop.select_hook is not None:
             raise RuntimeError(
                 "this loop is already under a labkit scheduler (a Scheduler block, a "
                 "step_through() or an exploration); finish that one before starting another"
@@ -252,7 +252,7 @@ class Control:
         attributes["call_soon"] = self._call_soon
         attributes["call_at"] = self._call_at
         attributes["create_task"] = self._create_task
-        loop._vt_select_hook = self._hook
+        loop.select_hook = self._hook
         self.installed = True
 
     def uninstall(self) -> None:
@@ -264,7 +264,7 @@ class Control:
         attributes.pop("call_soon", None)
         attributes.pop("call_at", None)
         attributes.pop("create_task", None)
-        self.loop._vt_select_hook = None
+        self.loop.select_hook = None
         if not self.loop.is_closed():
             self.release_pool()
         self.pool.clear()
@@ -576,7 +576,7 @@ async def run_until_idle() -> None:
     """
     loop = asyncio.get_running_loop()
     if isinstance(loop, VirtualTimeLoop):
-        await loop._wait_idle()
+        await loop.wait_idle()
         return
     if standard_loop_idle(loop) is None:
         raise TypeError(
@@ -702,7 +702,7 @@ class Scheduler:
         control.release(entry, ready)
         control.holding += 1
         try:
-            await control.loop._wait_idle()
+            await control.loop.wait_idle()
         finally:
             control.holding -= 1
         label = entry.label or control.recorder.labels(entry.task)
@@ -716,7 +716,7 @@ class Scheduler:
         control = self._require()
         control.release_all = True
         try:
-            await control.loop._wait_idle()
+            await control.loop.wait_idle()
         finally:
             control.release_all = False
 
@@ -726,7 +726,7 @@ class Scheduler:
         control.release_all = True
         try:
             await advance(seconds)
-            await control.loop._wait_idle()
+            await control.loop.wait_idle()
         finally:
             control.release_all = False
 
@@ -823,7 +823,7 @@ class Stepper:
             if not control.pool and not self._recorder.in_flight:
                 await control.wait_for_pool()
             control.release_pool()
-            await loop._wait_idle()
+            await loop.wait_idle()
         except BaseException:
             self._finish()
             raise
