@@ -97,13 +97,17 @@ def setup(
         )
     if runner not in ("labkit", "ipytest"):
         raise ValueError(f"runner must be 'labkit' or 'ipytest', got {runner!r}")
-    cells = CellRunner(PYTEST_ARGS, plugins=[sys.modules[__name__]], time_limit=time_limit)
+    folder = _runner.folder if _runner is not None else None
+    cells = CellRunner(
+        PYTEST_ARGS, plugins=[sys.modules[__name__]], time_limit=time_limit, folder=folder
+    )
     if runner == "ipytest":
         ipytest.autoconfig(run_in_thread=True, addopts=_IPYTEST_ARGS, raise_on_error=False)
         _runner = None
     else:
-        # ipytest.run(), called directly, still works: give it the kit's settings too.
-        own = cells.arguments(cells.folder / "notebook.py")[:4]
+        # ipytest.run(), called directly, still works: with the kit's settings, not the folder's,
+        # and without pytest-timeout, which would end the kernel.
+        own = ["-c", str(cells.folder / "pytest.ini"), f"--rootdir={cells.folder}"]
         addopts = (*own, *_IPYTEST_ARGS, "-p", "no:timeout")
         ipytest.autoconfig(run_in_thread=True, addopts=addopts, raise_on_error=False)
         _runner = cells

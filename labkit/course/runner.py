@@ -194,7 +194,8 @@ class CellRunner:
 
     ``args`` are passed to every run, before the cell's own (the magic line); ``plugins`` are
     registered in every run; ``time_limit`` is the real-time limit per test, in seconds (0: none);
-    ``columns`` is the width of pytest's report.
+    ``columns`` is the width of pytest's report; ``folder`` is another runner's folder to share
+    (a new private one by default).
 
     Example::
 
@@ -209,6 +210,7 @@ class CellRunner:
         *,
         time_limit: float = DEFAULT_TIME_LIMIT,
         columns: int = 100,
+        folder: Path | None = None,
     ) -> None:
         if not isinstance(time_limit, (int, float)) or time_limit < 0:
             raise ValueError(
@@ -218,7 +220,7 @@ class CellRunner:
         self.plugins = tuple(plugins)
         self.time_limit = float(time_limit)
         self.columns = columns
-        self._folder: Path | None = None
+        self._folder: Path | None = folder
 
     @property
     def folder(self) -> Path:

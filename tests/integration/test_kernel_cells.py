@@ -284,3 +284,21 @@ def test_a_killed_kernels_folder_goes_with_the_next_setup(tmp_path: Path) -> Non
     finally:
         second.stop()
     assert not folder.exists()
+
+
+def test_ipytest_run_called_directly_keeps_working(shared: Kernel) -> None:
+    kernel = shared
+    kernel.run(SETUP.format(limit=30))
+    folder = kernel.run("import labkit.course.notebook as nb\nprint(nb._runner.folder)").text
+    kernel.run(SETUP.format(limit=30))  # again: the same private folder
+    again = kernel.run("print(nb._runner.folder)").text
+    assert again == folder
+    cell = kernel.run(
+        "import ipytest\n"
+        "ipytest.clean()\n\n"
+        "@pytest.mark.asyncio\n"
+        "async def test_direct():\n"
+        "    await asyncio.sleep(0)\n\n"
+        "ipytest.run()\n"
+    )
+    assert cell.text.startswith(".\n1 passed"), cell.text
