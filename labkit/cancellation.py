@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from labkit._stacks import file_label, in_asyncio
+from labkit._stacks import file_label, in_asyncio, is_machinery
 from labkit.backpressure import settle
 from labkit.deadlock import suspension_frames
 from labkit.loop import VirtualTimeLoop, new_virtual_loop
@@ -81,15 +81,31 @@ class SweepPoint:
     outcome: str
     ok: bool
     stack: tuple[str, ...] = ()
+    inner: str = ""
+    """``file:line`` of the innermost await in the caller's own code, when the target's line
+    (``where``) awaits a function of its own that suspended deeper (``pool.acquire()``)."""
+    inner_code: str = ""
 
     @property
     def cell(self) -> str:
         """The ``await`` column: ``file:line`` of the await and its source line."""
         return f"{self.where}  {self.code}" if self.code else self.where
 
-    def row(self, width: int = 52) -> str:
-        """The point as one line of the report's table, its ``await`` column ``width`` wide."""
-        cell = self.cell if len(self.cell) <= width else self.cell[: width - 3] + "..."
+    @property
+    def inner_cell(self) -> str:
+        """The ``await`` column that also names the inner await: ``a.py:30 › a.py:12  code``."""
+        if not self.inner:
+            return self.cell
+        return f"{self.where} › {self.inner}  {self.inner_code}".rstrip()
+
+    def row(self, width: int = 52, *, inner: bool = False) -> str:
+        """The point as one line of the report's table, its ``await`` column ``width`` wide.
+
+        ``inner=True`` names the inner await too (the table does so for the rows whose
+        target line is the same but whose inner awaits differ).
+        """
+        cell = self.inner_cell if inner else self.cell
+        cell = cell if len(cell) <= width else cell[: width - 3] + "..."
         return f"{self.k:>4}  {cell:<{width}}  {self.outcome}"
 
 
@@ -163,11 +179,23 @@ class CancelSweep:
                 f"first failure: point {first.k} ({first.where}); later rows may inherit the "
                 "state it left behind"
             )
-        width = min(max((len(point.cell) for point in self.points), default=0), _AWAIT_WIDTH)
+        deeper = self._ambiguous()
+        cells = [point.inner_cell if point.k in deeper else point.cell for point in self.points]
+        width = min(max((len(cell) for cell in cells), default=0), _AWAIT_WIDTH)
         width = max(width, len("await"))
         lines.append(f"{'k':>4}  {'await':<{width}}  outcome")
-        lines.extend(point.row(width) for point in self.points)
+        lines.extend(point.row(width, inner=point.k in deeper) for point in self.points)
         return "\n".join(lines)
+
+    def _ambiguous(self) -> set[int]:
+        """The rows that share their target line with a row suspended at another inner await."""
+        inner: dict[str, set[str]] = {}
+        for point in self.points:
+            if point.k > 0:
+                inner.setdefault(point.where, set()).add(point.inner)
+        return {
+            point.k for point in self.points if point.k > 0 and len(inner.get(point.where, ())) > 1
+        }
 
     def __str__(self) -> str:
         return self.table()
@@ -304,6 +332,8 @@ class _Trampoline:
         self.where = ""
         self.code = ""
         self.stack: tuple[str, ...] = ()
+        self.inner = ""
+        self.inner_code = ""
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self
@@ -330,6 +360,7 @@ class _Trampoline:
         self.count += 1
         if self.count == self._at:
             self.where, self.code, self.stack = _locate(self._target)
+            self.inner, self.inner_code = _inner(self._target)
             if self._on_point is not None:
                 self._on_point()
         return yielded
@@ -368,6 +399,17 @@ def _locate(target: Any) -> tuple[str, str, tuple[str, ...]]:
     where = f"{file_label(own.f_code.co_filename)}:{own.f_lineno}"
     code = linecache.getline(own.f_code.co_filename, own.f_lineno).strip()
     return where, code, tuple(_frame_label(frame) for frame in frames)
+
+
+def _inner(target: Any) -> tuple[str, str]:
+    """Where the target's await went deepest in the caller's code, if below the target's frame."""
+    frames = list(suspension_frames(target))
+    own = frames[:1] + [frame for frame in frames[1:] if not is_machinery(frame.f_code.co_filename)]
+    if len(own) < 2:
+        return "", ""
+    frame = own[-1]
+    where = f"{file_label(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return where, linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -531,7 +573,11 @@ async def _run_once(
     else:
         where, code = run.trampoline.where, run.trampoline.code
     outcome = "; ".join(run.problems) or "; ".join(["ok", *run.notes])
-    point = SweepPoint(k, where, code, outcome, not run.problems, run.trampoline.stack)
+    inner = run.trampoline.inner if k > 0 and where != "?" else ""
+    inner_code = run.trampoline.inner_code if inner else ""
+    point = SweepPoint(
+        k, where, code, outcome, not run.problems, run.trampoline.stack, inner, inner_code
+    )
     return point, run.trampoline.count, run.trampoline.name
 
 

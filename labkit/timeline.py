@@ -21,6 +21,14 @@ _RAN = "#3b7dd8"
 _FAILED = "#d8453b"
 _DONE = "#4a9c5d"
 _READY = "#c9d7ee"
+# Sizes in points at 100 dpi: JupyterLab shows the picture pixel for pixel at 100 % zoom (and
+# shrinks a wider one to fit its output area, fonts with it), so the picture stays at most
+# _MAX_WIDTH inches wide and its smallest text at _SMALL points (about 12 px).
+_SMALL = 9
+_TEXT = 10
+_MAX_WIDTH = 9.6
+_STEP_WIDTH = 0.42
+_LANE_HEIGHT = 1.0
 
 
 def _then(step: Step) -> str:
@@ -91,8 +99,8 @@ def plot_timeline(
     tasks = list(trace.tasks)
     lane = {name: len(tasks) - 1 - i for i, name in enumerate(tasks)}
     if ax is None:
-        width = min(16.0, 3.0 + 0.35 * max(len(steps), 8))
-        figure = Figure(figsize=(width, 1.4 + 0.55 * max(len(tasks), 1)), dpi=100)
+        width = min(_MAX_WIDTH, 3.6 + _STEP_WIDTH * max(len(steps), 8))
+        figure = Figure(figsize=(width, 1.8 + _LANE_HEIGHT * max(len(tasks), 1)), dpi=100)
         ax = figure.add_subplot()
     else:
         figure = ax.get_figure()  # type: ignore[assignment]
@@ -127,25 +135,27 @@ def plot_timeline(
             )
         if labels:
             text = step.awaiting if step.outcome == "suspended" else step.outcome
-            ax.text(x, y + 0.38, text or "", ha="center", va="bottom", fontsize=7, rotation=30)
+            ax.text(x, y + 0.38, text or "", ha="center", va="bottom", fontsize=_SMALL, rotation=20)
         if previous_time is not None and step.time != previous_time:
             ax.axvline(x - 0.5, color="#888888", linestyle="--", linewidth=0.8)
             ax.text(
                 x - 0.45,
                 len(tasks) - 0.35,
                 f"t={step.time:g}",
-                fontsize=7,
+                fontsize=_SMALL,
                 color="#555555",
                 va="bottom",
             )
         previous_time = step.time
-    ax.set_yticks(range(len(tasks)), list(reversed(tasks)))
+    ax.set_yticks(range(len(tasks)), list(reversed(tasks)), fontsize=_TEXT)
+    ax.tick_params(axis="x", labelsize=_TEXT)
     ax.set_ylim(-0.6, len(tasks) - 0.1 + (0.9 if labels else 0.2))
     ax.set_xlim(0.3, max(len(steps), 1) + (1.5 if labels else 0.7))
     if 0 < len(steps) <= 30:
         ax.set_xticks(range(1, len(steps) + 1))
     ax.set_xlabel(
-        f"scheduling step (virtual time starts at t={steps[0].time:g})" if steps else "step"
+        f"scheduling step (virtual time starts at t={steps[0].time:g})" if steps else "step",
+        fontsize=_TEXT,
     )
     ax.spines[["top", "right"]].set_visible(False)
     legend = [
@@ -154,9 +164,9 @@ def plot_timeline(
         Patch(color=_DONE, label="finished"),
         Patch(color=_FAILED, label="raised"),
     ]
-    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=_SMALL)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=_TEXT + 2)
     figure.tight_layout()
     return figure
 

@@ -57,6 +57,17 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 MANIFEST_VERSION = 1
 KERNEL_SPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+#: What JupyterLab writes into a notebook's metadata from the kit's kernel, so that opening and
+#: saving an untouched lesson changes nothing; without the Python version, which differs from
+#: one learner to the next (`labkit lab` leaves it out when it saves a lesson, see lab.py).
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+}
 _NAME = re.compile(r"(\d\d)-([a-z0-9]+(?:-[a-z0-9]+)*)\.md")
 _EXERCISE = re.compile(r"(\d+)\.(\d+)")
 
@@ -473,7 +484,11 @@ def _base_notebook(nb: Any, version: str, source_hash: str) -> Any:
     out.nbformat, out.nbformat_minor = 4, 5
     labkit_meta = dict(nb.metadata["labkit"])
     labkit_meta.update({"version": version, "source_sha256": source_hash})
-    out.metadata = {"kernelspec": dict(KERNEL_SPEC), "labkit": labkit_meta}
+    out.metadata = {
+        "kernelspec": dict(KERNEL_SPEC),
+        "labkit": labkit_meta,
+        "language_info": copy.deepcopy(LANGUAGE_INFO),
+    }
     return out
 
 
@@ -644,7 +659,7 @@ def execute(
         if cell.cell_type == "code":
             cell.outputs = _coalesce(cell.outputs)
             cell.metadata.pop("execution", None)
-    nb.metadata.pop("language_info", None)
+    nb.metadata["language_info"] = copy.deepcopy(LANGUAGE_INFO)
     nb.metadata.pop("widgets", None)
     return nb, results
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from labkit.course.labels import clean_text
 from labkit.deadlock import DeadlockError
 from labkit.loop import new_virtual_loop
 
@@ -359,7 +360,8 @@ def _learner_line(error: BaseException, func: Callable[..., Any]) -> str:
 
 
 def _clean(text: str) -> str:
-    return _ADDRESS.sub("", text)
+    # One label for notebook cells everywhere: the test cell's report says <cell>:12 too.
+    return clean_text(_ADDRESS.sub("", text))
 
 
 def _check_name(func: Callable[..., Any], number: int) -> str:

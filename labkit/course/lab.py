@@ -1,7 +1,11 @@
 """The `labkit lab` command: JupyterLab on the lessons, on 127.0.0.1, with the kit's settings.
 
 It checks what usually goes wrong first (a busy port, a missing kernel, no lessons) and says how
-to fix it, then prints the URL with its token and opens on the lesson index.
+to fix it, then prints the URL with its token and becomes JupyterLab (on POSIX the process is
+replaced, so stopping it stops JupyterLab and its kernels), opening on the lesson index. The
+kit's settings (``jupyter/settings``) and style (``jupyter/config/custom/custom.css``) apply,
+and lessons open unmodified (:mod:`labkit.course.contents`); the learner's own Jupyter
+configuration, settings and workspaces are still read.
 
 Example::
 
@@ -20,10 +24,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LabError", "LabPlan", "configure", "plan", "run"]
+__all__ = ["LabError", "LabPlan", "configure", "environment", "plan", "run"]
 
 _REPO = Path(__file__).resolve().parents[2]
 _INDEX = "README.md"
+_CONFIG = _REPO / "jupyter" / "config"
 
 
 class LabError(RuntimeError):
@@ -103,6 +108,9 @@ def plan(port: int, root: Path, token: str | None = None, open_browser: bool = T
         f"--ServerApp.root_dir={root}",
         f"--IdentityProvider.token={token}",
         f"--LabApp.app_settings_dir={_REPO / 'jupyter' / 'settings'}",
+        "--LabApp.custom_css=True",
+        # Lessons open unmodified and save as built (labkit/course/contents.py).
+        "--ServerApp.contents_manager_class=labkit.course.contents.LessonContentsManager",
         f"--LabApp.default_url=/lab/tree/{index}",
         f"--ServerApp.open_browser={open_browser}",
     ]
@@ -112,13 +120,44 @@ def plan(port: int, root: Path, token: str | None = None, open_browser: bool = T
     return LabPlan(argv=argv, url=url, root=root)
 
 
+def environment() -> dict[str, str]:
+    """The environment JupyterLab runs in: the kit's config folder first, the learner's kept.
+
+    JupyterLab reads custom CSS only from the first Jupyter config folder, so that folder is
+    the kit's (``jupyter/config``); the learner's own folder stays on the config path, and
+    their settings and workspaces stay where they always are.
+
+    Example::
+
+        env = environment()   # env["JUPYTER_CONFIG_DIR"] ends in jupyter/config
+    """
+    from jupyter_core.paths import jupyter_config_dir
+
+    os.environ["JUPYTER_PLATFORM_DIRS"] = "1"  # before asking where the learner's config is
+    env = dict(os.environ)
+    own = jupyter_config_dir()
+    if os.path.abspath(own) != str(_CONFIG):
+        rest = [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join([own, *rest])
+        env.setdefault("JUPYTERLAB_SETTINGS_DIR", os.path.join(own, "lab", "user-settings"))
+        env.setdefault("JUPYTERLAB_WORKSPACES_DIR", os.path.join(own, "lab", "workspaces"))
+    env["JUPYTER_CONFIG_DIR"] = str(_CONFIG)
+    return env
+
+
 def run(args: argparse.Namespace) -> int:
-    """Start JupyterLab in the foreground; returns its exit code."""
+    """Start JupyterLab in the foreground; returns its exit code (on POSIX it never returns)."""
     try:
         lab = plan(args.port, args.root, args.token, open_browser=not args.no_browser)
     except LabError as exc:
         print(f"labkit lab: {exc}", file=sys.stderr)
         return 2
     print(f"JupyterLab on {lab.root}\n  open: {lab.url}\n  stop: Ctrl+C", flush=True)
-    env = dict(os.environ, JUPYTER_PLATFORM_DIRS="1")
+    env = environment()
+    if os.name == "posix":
+        # Become JupyterLab: a signal that stops `labkit lab` (Ctrl+C, a terminate from a test
+        # or a process manager) then reaches the server, which shuts its kernels down, instead
+        # of leaving it running without a parent.
+        sys.stderr.flush()
+        os.execve(lab.argv[0], lab.argv, env)
     return subprocess.call(lab.argv, env=env)

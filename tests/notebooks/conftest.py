@@ -1,1 +1,2 @@
-"""Notebook validation runs nbval in a child pytest, one lesson per test (see test_notebooks.py)."""
+"""Notebook validation runs nbval in two child pytests, one per mode, over all selected lessons
+(see test_notebooks.py); each lesson is still a test of its own."""

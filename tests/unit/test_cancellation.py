@@ -544,3 +544,60 @@ async def test_a_check_returning_false_fails_the_row() -> None:
         leaves_an_item, check=lambda: queue.qsize() < 5, raise_on_failure=False
     )
     assert report.ok
+
+
+class TwoStepPool:
+    """``acquire`` suspends twice: waiting for a slot, then connecting."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    async def acquire(self) -> str:
+        await asyncio.sleep(0)  # inner: wait for a slot
+        self.taken += 1
+        await asyncio.sleep(0.1)  # inner: connect (leaks the slot when cancelled here)
+        return "connection"
+
+
+async def use_two_step_pool(pool: TwoStepPool) -> None:
+    await pool.acquire()  # point: two-step acquire
+    pool.taken -= 1
+
+
+@VIRTUAL
+async def test_two_awaits_behind_one_line_are_told_apart_by_their_inner_line() -> None:
+    pool = TwoStepPool()
+
+    def check() -> None:
+        assert pool.taken == 0, f"{pool.taken} slot(s) still taken"
+        pool.taken = 0
+
+    report = await labkit.cancel_at_every_await(
+        lambda: use_two_step_pool(pool), check=check, raise_on_failure=False
+    )
+    outer = f"{THIS_FILE}:{line_of('point: two-step acquire')}"
+    assert [p.where for p in report.points[1:]] == [outer, outer]
+    assert [p.inner for p in report.points[1:]] == [
+        f"{THIS_FILE}:{line_of('inner: wait for a slot')}",
+        f"{THIS_FILE}:{line_of('inner: connect (leaks the slot when cancelled here)')}",
+    ]
+    assert [p.ok for p in report.points[1:]] == [True, False]
+    rows = report.table().splitlines()[-2:]
+    assert f"{outer} › {THIS_FILE}:{line_of('inner: wait for a slot')}" in rows[0]
+    assert rows[0].rstrip().endswith("ok")
+    assert (
+        f"{outer} › {THIS_FILE}:{line_of('inner: connect (leaks the slot when cancelled here)')}"
+        in rows[1]
+    )
+    assert "1 slot(s) still taken" in rows[1]
+    assert report.points[2].inner_cell.endswith(
+        "await asyncio.sleep(0.1)  # inner: connect (leaks the slot when cancelled here)"
+    )
+
+
+@VIRTUAL
+async def test_rows_at_one_line_and_one_inner_await_stay_short() -> None:
+    pool = Pool()
+    report = await labkit.cancel_at_every_await(lambda: use_pool(pool), check=pool.assert_all_free)
+    assert " › " not in report.table()  # each target line suspends at one inner await only
+    assert report.points[1].inner == f"{THIS_FILE}:{line_of('connect, fixed')}"

@@ -12,6 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from labkit.course.build import (
+    LANGUAGE_INFO,
     LessonError,
     build,
     check_up_to_date,
@@ -231,7 +232,10 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     instructor = nbformat.read(str(tmp_path / "instructor" / "07-doubling.ipynb"), as_version=4)
     check_output = instructor.cells[3].outputs[0]["text"]
     assert check_output == "exercise 7.1: solved (1/1 points)\n  [ok  ] double(3) is 6\n"
-    assert "language_info" not in instructor.metadata
+    # What JupyterLab would write from the kernel, minus the Python version (see contents.py).
+    assert instructor.metadata["language_info"] == LANGUAGE_INFO
+    learner = nbformat.read(str(tmp_path / "notebooks" / "07-doubling.ipynb"), as_version=4)
+    assert learner.metadata["language_info"] == LANGUAGE_INFO
 
     manifest = json.loads((tmp_path / "instructor" / "manifest.json").read_text())
     assert manifest["lessons"]["03"] == {"file": "03-other.ipynb"}  # another lesson's entry stays
@@ -294,3 +298,11 @@ def test_the_lesson_maps_link_every_lesson(index: str, prefix: str) -> None:
     links = set(re.findall(r"\]\(([^)]+\.ipynb)\)", text))
     missing = [x.name for x in find_lessons(ROOT) if prefix + x.name not in links]
     assert missing == [], f"{index} does not link {missing}"
+
+
+def test_the_language_info_is_the_kernels_without_its_python_version() -> None:
+    from ipykernel.ipkernel import IPythonKernel
+
+    reported = dict(IPythonKernel.language_info)
+    assert reported.pop("version")
+    assert reported == LANGUAGE_INFO

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit.course import runner
+from labkit.course.labels import cell_label, wrap
 from labkit.course.notebook import PYTEST_ARGS, clean_text
 
 pytest_plugins = ["pytester"]
@@ -64,8 +66,98 @@ def test_without_the_plugin_pytest_prints_a_duration(pytester: pytest.Pytester) 
 
 def test_the_notebook_arguments_set_the_loop_scope_and_run_quietly() -> None:
     assert "asyncio_default_fixture_loop_scope=function" in PYTEST_ARGS
-    assert "labkit.course.notebook" in PYTEST_ARGS
     assert "--color=no" in PYTEST_ARGS
+
+
+@pytest.mark.parametrize(
+    ("filename", "label"),
+    [
+        ("/tmp/ipykernel_4242/1326271889.py", "<cell>"),
+        ("<ipython-input-3-0123abcd>", "<cell>"),
+        ("/tmp/labkit-cells-1-x/t_0123456789abcdef0123456789abcdef.py", "<cell>"),
+        ("/usr/lib/python3.11/asyncio/locks.py", "locks.py"),
+    ],
+)
+def test_a_cell_is_labelled_the_same_everywhere(filename: str, label: str) -> None:
+    assert cell_label(filename) == label
+    if label == "<cell>" and not filename.endswith(".py"):
+        assert clean_text(f"at {filename}:12 in f") == "at <cell>:12 in f"
+
+
+def test_wrap_breaks_between_words_only() -> None:
+    text = "word " * 30 + "https://example.org/" + "x" * 120
+    lines = wrap(text, 40).splitlines()
+    assert all(len(line) <= 40 for line in lines[:-1])
+    assert lines[-1].endswith("x" * 120)  # a long word stays whole
+
+
+def test_an_async_test_without_the_marker_says_what_is_missing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("async def test_waits():\n    pass\n")
+    result = pytester.runpytest_inprocess(*PYTEST_ARGS, "-p", "labkit.course.notebook")
+    text = result.stdout.str()
+    assert result.ret == 1
+    assert "test_waits is an `async def` test without `@pytest.mark.asyncio`" in text
+    assert "install a suitable plugin" not in text
+
+
+def test_without_pytest_asyncio_the_install_advice_stays(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("async def test_waits():\n    pass\n")
+    result = pytester.runpytest_inprocess(
+        *PYTEST_ARGS, "-p", "labkit.course.notebook", "-p", "no:asyncio", "-p", "no:labkit"
+    )
+    assert "install a suitable plugin" in result.stdout.str()
+
+
+def test_a_cell_never_reads_the_folders_configuration() -> None:
+    assert "timeout" not in runner.PYTEST_INI
+    names = [name for name, _plugin in runner.installed_plugins()]
+    assert {"asyncio", "labkit"} <= set(names)
+    assert "timeout" not in names  # pytest-timeout would end the kernel
+    assert "nbval" not in names
+    cells = runner.CellRunner(["-q"])
+    module = cells.folder / "t_0123456789abcdef0123456789abcdef.py"
+    args = cells.arguments(module, ["--tb=short"])
+    assert args[:4] == [
+        "-c",
+        str(cells.folder / "pytest.ini"),
+        f"--rootdir={cells.folder}",
+        "--disable-plugin-autoload",
+    ]
+    assert args[-3:] == ["--tb=short", "--", str(module)]
+    assert (cells.folder / "pytest.ini").read_text() == runner.PYTEST_INI
+
+
+def test_the_magic_line_can_name_the_cells_tests() -> None:
+    cells = runner.CellRunner()
+    module = cells.folder / "t_0123456789abcdef0123456789abcdef.py"
+    assert cells.arguments(module, ["{test_one}"])[-1] == f"{module}::test_one"
+    assert cells.arguments(module, ["-k", "{MODULE}"])[-2:] == ["--", str(module)]
+    with pytest.raises(KeyError, match="MODULE"):
+        cells.arguments(module, ["{NOPE}"])
+
+
+def test_a_dead_kernels_folder_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    stale = tmp_path / f"labkit-cells-{child.pid}-abc"
+    stale.mkdir()
+    (stale / "t_0123456789abcdef0123456789abcdef.py").write_text("")
+    mine = tmp_path / "labkit-cells-1-abc"  # pid 1 is alive
+    mine.mkdir()
+    folder = runner.CellRunner().folder
+    assert folder.parent == tmp_path
+    assert not stale.exists()
+    assert mine.exists()
+
+
+def test_the_time_limit_must_be_a_number() -> None:
+    with pytest.raises(ValueError, match="time_limit must be a number of seconds >= 0"):
+        runner.CellRunner(time_limit=-1)
 
 
 @pytest.mark.parametrize("ci", ["", "true"])

@@ -171,3 +171,23 @@ def test_a_step_reads_as_a_sentence() -> None:
     assert str(trace.steps[-1]) == "step 7 at t=3: pipeline returned"
     assert trace.steps[2].chosen_from == ()
     assert trace.steps[1].chosen_from == ("consumer",)
+
+
+@pytest.mark.parametrize("workers", [2, 30])
+def test_the_picture_is_readable_at_100_percent_zoom(workers: int) -> None:
+    """JupyterLab shows the PNG pixel for pixel, and shrinks one wider than its output area."""
+    import struct
+
+    async def crowd() -> None:
+        async def work() -> None:
+            await asyncio.sleep(0)
+
+        await asyncio.gather(*(work() for _ in range(workers)))
+
+    trace = labkit.record(crowd).trace
+    figure = plot_timeline(trace, title="crowd")
+    sizes = [text.get_fontsize() for text in figure.findobj(lambda a: hasattr(a, "get_fontsize"))]
+    assert min(sizes) >= 9  # points at 100 dpi: about 12 px
+    png = timeline_png(trace)
+    width, _height = struct.unpack(">II", png[16:24])
+    assert width <= 960, width  # fits an output area next to the file browser
