@@ -77,7 +77,9 @@ def is_machinery(filename: str) -> bool:
     if not filename or filename.startswith("<frozen"):
         return True
     path = os.path.normcase(os.path.abspath(filename))
-    if path.startswith((_STDLIB, _LABKIT)) and "-packages" not in path:
+    if path.startswith(_LABKIT):  # wherever labkit is installed, site-packages included
+        return True
+    if path.startswith(_STDLIB) and "-packages" not in path:
         return True
     found = _SITE.search(path)
     return found is not None and found.group(1).split(".")[0] in _MACHINERY_PACKAGES

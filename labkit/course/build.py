@@ -664,6 +664,25 @@ def execute(
     return nb, results
 
 
+_UNCHECKED = "nbval-ignore-output"
+
+
+def _drop_unchecked_outputs(nb: Any) -> Any:
+    """Store no output for cells tagged ``nbval-ignore-output``: they print what changes per run.
+
+    nbval does not compare such a cell (measured throughput, a plot of it), so a stored output
+    would be an unverified figure from the build machine; the cell still runs, live, for readers.
+
+    Example::
+
+        _write(lesson.instructor, _dumps(_drop_unchecked_outputs(executed)))
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "code" and _UNCHECKED in cell.metadata.get("tags", []):
+            cell.outputs = []
+    return nb
+
+
 def _coalesce(outputs: list[Any]) -> list[Any]:
     """Merge consecutive stream outputs of one stream: their split depends on timing."""
     merged: list[Any] = []
@@ -788,7 +807,7 @@ def build(
             lesson, _instructor_skeleton(nb), timeout=timeout, progress=progress
         )
         points = _points(lesson, nb, results)
-        _write(lesson.instructor, _dumps(executed))
+        _write(lesson.instructor, _dumps(_drop_unchecked_outputs(executed)))
         with _manifest_lock(root):  # other builds may update other lessons' entries meanwhile
             manifest = _load_manifest(root)
             manifest["lessons"][lesson.code] = _manifest_entry(lesson, nb, points)

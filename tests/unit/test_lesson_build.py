@@ -262,6 +262,22 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     assert all("run `labkit build 07`" in p for p in problems)
 
 
+def test_outputs_nbval_does_not_check_are_not_stored(tmp_path: Path) -> None:
+    # A cell tagged nbval-ignore-output prints what changes from run to run (a measured rate);
+    # the instructor version keeps its source and runs it, but stores no output for it.
+    measured = _cell("code", "print('measured: 0.123 s')", "measured")
+    measured.metadata["tags"] = ["nbval-ignore-output"]
+    stable = _cell("code", "print('stable')", "stable")
+    _lesson(tmp_path, [*_good_cells(), measured, stable])
+    build(find_lessons(tmp_path))
+    instructor = nbformat.read(str(tmp_path / "instructor" / "07-doubling.ipynb"), as_version=4)
+    cells = {cell.id: cell for cell in instructor.cells}
+    assert cells["measured"].outputs == []
+    assert cells["measured"].metadata["tags"] == ["nbval-ignore-output"]
+    assert cells["measured"].source == "print('measured: 0.123 s')"
+    assert cells["stable"].outputs[0]["text"] == "stable\n"
+
+
 def test_a_cell_that_fails_names_the_lesson_cell_and_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
