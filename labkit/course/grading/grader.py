@@ -79,6 +79,7 @@ __all__ = [
 _OUTCOMES = {"passed", "failed", "timeout", "placeholder"}
 _STATUSES = {"ok", "failed", "timeout", "placeholder"}
 _MAX_HINT = 1500
+_SLOW = "the cell ran longer than the "
 _CRASHES = {
     signal.SIGSEGV: "a C extension fault, ctypes misuse or memory exhausted in native code",
     signal.SIGBUS: "a C extension fault or memory exhausted in native code",
@@ -261,7 +262,8 @@ def run_jobs(
 
     A job that stopped in one of the submission's cells makes every other job that needs that
     cell ``not graded`` without running it (it would stop there too); a placeholder in a job
-    makes the rest of its call ``not solved yet``.
+    makes the rest of its call ``not solved yet``; a learner cell that ran past the per-cell
+    limit is reported failed in later jobs without being run again (each would pay the limit).
 
     Example::
 
@@ -273,6 +275,7 @@ def run_jobs(
     reports: dict[str, JobReport] = {}
     stopped: dict[int, JobReport] = {}
     placeholder: set[tuple[str, int]] = set()
+    slow: dict[int, str] = {}
     over: JobReport | None = None
     for job in jobs:
         key = (job.exercise, job.call)
@@ -290,9 +293,13 @@ def run_jobs(
             continue
         wall = limits.cell * (len(job.cells) + 2) + 60
         secret = secrets.token_bytes(32)
-        result = sandbox.run(job.id, job.spec, job.cells, wall, secret)
+        skip = {i: slow[i] for i in job.cells if i in slow}
+        result = sandbox.run(job.id, job.spec, job.cells, wall, secret, skip)
         report = read_result(job, result, plan, wall, limits, secret)
         reports[job.id] = report
+        for index, error in report.cells:
+            if error.startswith(_SLOW) and plan.table[index]["kind"] == "learner":
+                slow[index] = error
         if report.stop and report.at is not None and report.at >= 0:
             stopped[report.at] = report
         if report.stop == "cpu" or result.status == "lost" or sandbox.remaining <= 0:

@@ -77,18 +77,23 @@ def run(
     cells: Sequence[int],
     reply_fd: int,
     key: bytes,
+    skip: dict[int, str] | None = None,
 ) -> None:
     """Run the cells, then the job; write the signed reply (and progress frames) to ``reply_fd``.
+
+    ``skip`` maps cells that ran past the per-cell limit in an earlier job to their error: they
+    are reported failed again without spending that time once more.
 
     Example::
 
         run(runner, table, {"kind": "check", "define": [...], "checks": ["f"]}, (0,), fd, key)
     """
     errors: list[list[Any]] = []
+    skip = skip or {}
     for index in cells:
         entry = table[index]
         _send(reply_fd, key, {"cell": index})
-        error = runner.run_cell(entry["source"])
+        error = skip[index] if index in skip else runner.run_cell(entry["source"])
         if error:
             errors.append([index, error])
         if entry["kind"] != "learner":

@@ -477,6 +477,9 @@ def _bwrap_command(
         "--die-with-parent",
         "--new-session",
         "--clearenv",
+        # The zygote is the namespace's init: it reaps every orphan, no signal from inside the
+        # sandbox can kill it, and when it ends the kernel ends everything else in it.
+        "--as-pid-1",
     ]
     if disable_userns:
         args.append("--disable-userns")
@@ -750,11 +753,13 @@ class Sandbox:
         cells: Sequence[int],
         wall: float,
         key: bytes = b"",
+        skip: dict[int, str] | None = None,
     ) -> JobResult:
         """Run one job in a fresh process; never raises for anything the job did.
 
         ``key`` is the job's one-time key: the job signs its frames with it, so the grader can
-        tell them from bytes anything else wrote to the job's pipe.
+        tell them from bytes anything else wrote to the job's pipe. ``skip`` maps cells not to
+        run again (they ran past the per-cell limit before) to the error to report for them.
         """
         if self.proc is None or self.proc.poll() is not None:
             return JobResult(reason="the sandbox is gone")
@@ -766,6 +771,7 @@ class Sandbox:
             "cells": list(cells),
             "wall": wall,
             "key": key,
+            "skip": dict(skip or {}),
         }
         try:
             self._send(request)

@@ -19,7 +19,9 @@ grader reads every learner cell's source (never runs it) and flags:
   (``signal``, ``os.kill``, ``os.fork``, ``subprocess``), ``get_ipython()`` and shell escapes
   (``!cmd``, ``%env``, cell magics other than ``%%ipytest``);
 * patching: assigning to an attribute of an imported module (``json.loads = ...``), or changing
-  the lesson's own objects (``Heartbeat.start = ...``, ``setattr(retry, ...)``).
+  the lesson's own objects (``Heartbeat.start = ...``, ``setattr(retry, ...)``);
+* forgery: an ``__eq__`` that answers ``True`` to anything (such an object is not plain data and
+  never crosses to the grader, but defining one says what the cell is for).
 
 A finding names the cell, the line and what was seen; the grader gives the exercises that the
 cell can affect no points and marks the submission as tampered. The scan is a tripwire, not the
@@ -333,6 +335,22 @@ class _Scanner(ast.NodeVisitor):
     def visit_Delete(self, node: ast.Delete) -> None:
         for target in node.targets:
             self._target(target, "deletes")
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        body = [
+            s
+            for s in node.body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+        ]
+        if (
+            node.name in ("__eq__", "__ne__")
+            and len(body) == 1
+            and isinstance(body[0], ast.Return)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, bool)
+        ):
+            self.flag(node, f"defines {node.name} that answers {body[0].value.value} to anything")
         self.generic_visit(node)
 
     # names and calls

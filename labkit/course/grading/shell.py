@@ -101,6 +101,9 @@ class _Sink(io.TextIOBase):
 class CellRunner:
     """Runs cells in one shell and one event loop, and keeps the lesson's protected objects.
 
+    ``run_pytest=True`` leaves ``%%ipytest`` cells to ipytest's own magic (pytest runs), as in
+    JupyterLab; grading uses the default, which only defines the tests.
+
     Example::
 
         runner = CellRunner(cell_limit=30)
@@ -108,9 +111,10 @@ class CellRunner:
         error = runner.run_cell("import asyncio\\nawait asyncio.sleep(1)")
     """
 
-    def __init__(self, cell_limit: float) -> None:
+    def __init__(self, cell_limit: float, *, run_pytest: bool = False) -> None:
         self.shell = _shell()
         self.cell_limit = cell_limit
+        self.run_pytest = run_pytest
         self.loop: asyncio.AbstractEventLoop | None = None
         self.protected: dict[str, Any] = {}
         self.output = ""
@@ -159,7 +163,7 @@ class CellRunner:
 
     async def _cell(self, source: str) -> BaseException | None:
         first, _, body = source.partition("\n")
-        if first.strip().split(" ")[0] == "%%ipytest":
+        if first.strip().split(" ")[0] == "%%ipytest" and not self.run_pytest:
             # What ipytest's magic does to the namespace, without running pytest.
             for name in [k for k in self.namespace if fnmatch.fnmatchcase(k, IPYTEST_CLEAN)]:
                 del self.namespace[name]

@@ -279,7 +279,11 @@ def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
     declared = _exercise_points(entry)
     exercises = {ident: declared.get(ident, 0.0) for ident in order}
     exercises.update({k: v for k, v in declared.items() if k not in exercises})
-    calls = _calls(path, entry, exercises)
+    problem = ""
+    try:
+        calls = _calls(path, entry, exercises)
+    except SubmissionError as exc:  # its cells still tell other lessons' notebooks apart
+        calls, problem = {}, str(exc)
     plan_digest = json.dumps(entry.get("exercises", {}), sort_keys=True).encode()
     return Lesson(
         number=number,
@@ -291,6 +295,7 @@ def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
         version=hashlib.sha256(data + plan_digest).hexdigest()[:16],
         locked=locked,
         calls=calls,
+        problem=problem,
         protected=frozenset(protected_names(cells)),
         needs=notebook_needs(c.source for c in cells if c.cell_type == "code"),
     )
@@ -549,15 +554,13 @@ def _which_lesson(
             f"{name}: unknown lesson {number} (the lessons are {known}); check --lesson"
         )
     target = lessons[number]
-    if target.problem:
-        raise SubmissionError(f"{name}: lesson {number} cannot be graded: {target.problem}")
     if declared is not None and declared != number:
         raise SubmissionError(
             f"{name}: a notebook from a different lesson (lesson {declared}, not lesson "
             f"{number}); grade it with --lesson {declared} or submit lesson {number}'s notebook"
         )
     mine = {cell["id"]: cell for cell in cells}
-    fits = {n: _fit(lesson, mine) for n, lesson in lessons.items() if not lesson.problem}
+    fits = {n: _fit(lesson, mine) for n, lesson in lessons.items()}
     locked = sum(1 for c in target.cells if c.locked and c.cell_type == "code")
     best = max(fits, key=lambda n: (fits[n], n == number))
     if fits.get(number, 0) * 2 < locked and best != number and fits[best] > fits.get(number, 0):
@@ -572,6 +575,8 @@ def _which_lesson(
             f"{name}: not a notebook of {target.slug} (none of its cells are that lesson's); "
             f"submit {target.slug}.ipynb"
         )
+    if target.problem:
+        raise SubmissionError(f"{name}: lesson {number} cannot be graded: {target.problem}")
     return target
 
 

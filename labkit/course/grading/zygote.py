@@ -203,7 +203,8 @@ class Zygote:
             assert runner is not None
             runner.start_loop()
             key = message.pop("key")
-            job.run(runner, self.table, message["spec"], message["cells"], write_end, key)
+            skip = {int(i): str(e) for i, e in (message.get("skip") or {}).items()}
+            job.run(runner, self.table, message["spec"], message["cells"], write_end, key, skip)
         except BaseException:
             pass
         finally:
@@ -255,14 +256,20 @@ class Zygote:
     def _clean_up(self) -> None:
         """Kill what the job left running, reap it, and empty the writable folders."""
         me = os.getpid()
-        for _ in range(50):
+        deadline = time.monotonic() + 5
+        while True:
             victims = self._leftovers(me)
+            if not victims:
+                break
             for pid in victims:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            reaped = self._reap()
-            if not victims and not reaped:
-                break
+            if not self._reap():
+                if time.monotonic() > deadline:
+                    break
+                # SIGKILL takes effect when the kernel next schedules the victim; zombies
+                # whose parent died come back to this subreaper to be reaped.
+                select.select([], [], [], 0.002)
         for folder in self.scratch:
             _empty(folder)
 
