@@ -6,7 +6,9 @@ solved. CPU time is everything the grading command used: the grader and every sa
 (bwrap waits for the zygote, which is its namespace's init and reaps every job, so their time
 comes back with the exit status); the sandboxes' own count, printed by `labkit grade`, is shown
 as a cross-check. The machine's load average before and after is printed, because other work on
-the same cores slows grading down. Prints figures; asserts nothing.
+the same cores slows grading down. With ``--baseline REV`` (by default the commit before the
+sandbox redesign, when this checkout has it) the same submissions are also graded by that
+revision's grader, in the same run, and the ratios are printed. Prints figures; asserts nothing.
 
 Example::
 
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -71,14 +75,43 @@ def _submissions(folder: Path, count: int, learner: dict[str, Any], full: dict[s
         path.write_text(json.dumps(notebook), encoding="utf-8")
 
 
+BASELINE = "c946aec"  # the grader before the sandbox redesign (issue 11)
+
+
+def _baseline_python(revision: str, work: Path) -> Path | None:
+    """A Python that imports labkit as it was at ``revision`` (and this kit's other packages)."""
+    tree = work / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "labkit"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tree, filter="data")
+    venv = work / "baseline-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    ours = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    # Only plain paths: this kit's own .pth files (its editable labkit) are not read from there.
+    (site / "baseline.pth").write_text(f"{tree}\n{ours}\n")
+    return venv / "bin" / "python"
+
+
 def _grade(
-    folder: Path, instructor: Path, jobs: int, work: Path
+    folder: Path,
+    instructor: Path,
+    jobs: int,
+    work: Path,
+    python: Path | None = None,
 ) -> tuple[float, float, float, str]:
     """Wall seconds, CPU seconds (the grader and its sandboxes), the sandboxes' own count, and
     the summary line."""
     sandbox_cpu = 0.0
     command = [
-        sys.executable,
+        str(python or sys.executable),
         "-m",
         "labkit",
         "grade",
@@ -115,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--lesson", type=int, default=None)
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        metavar="REV",
+        help=f"also grade with this revision's grader, for ratios (default {BASELINE}; '': none)",
+    )
     args = parser.parse_args(argv)
     instructor, learner, full = _lesson(args.lesson)
     title = full.get("metadata", {}).get("labkit", {}).get("title", "?")
@@ -127,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         fresh, cpu, inside, summary = _grade(folder, instructor, args.jobs, work)
         after = Path("/proc/loadavg").read_text().split()[:3]
         again, _, _, second = _grade(folder, instructor, args.jobs, work)
+        old: tuple[float, float, float, str] | None = None
+        python = _baseline_python(args.baseline, work) if args.baseline else None
+        if python is not None:
+            (work / "old").mkdir()
+            old = _grade(folder, instructor, args.jobs, work / "old", python)
+        finished = Path("/proc/loadavg").read_text().split()[:3]
     cores = len(os.sched_getaffinity(0))
     print(
         f"lesson: {title!r} ({instructor}); {args.count} submissions; --jobs {args.jobs}; "
@@ -144,6 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"re-run    : {again:7.1f} s  (nothing changed)  {second}")
     print(f"estimate for 300 learners at this rate: {300 * fresh / args.count / 60:.1f} min")
+    if old is not None:
+        wall, old_cpu, _, old_summary = old
+        print(
+            f"baseline  : {args.baseline}'s grader, same submissions, same run: {wall:.1f} s "
+            f"({wall / args.count:.2f} s each), {old_cpu:.1f} CPU s ({old_cpu / args.count:.2f} "
+            f"each)  {old_summary}; /proc/loadavg after {' '.join(finished)}"
+        )
+        print(
+            f"ratio     : wall {fresh / wall:.2f}x, CPU {cpu / old_cpu:.2f}x of the baseline "
+            "(below 1: faster)"
+        )
+    elif args.baseline:
+        print(f"baseline  : {args.baseline} is not in this checkout; no ratio")
     return 0
 
 

@@ -100,7 +100,7 @@ def build_folder(folder: Path) -> dict[str, str]:
         "stray.ipynb": "unknown lesson 3",
         "gap.ipynb": "missing exercise cells",
         "twin.ipynb": "duplicated cells",
-        "huge.ipynb": "too large",
+        "huge.ipynb": "MB, the limit is 0.2 MB)",  # in the unit --max-size takes
     }
 
 

@@ -742,3 +742,50 @@ def test_learner_option_names_a_single_notebook(tmp_path: Path, lessons: dict[in
     code, _, err = _grade(tmp_path, path, other, extra=("--learner", "zoe"))
     assert code == 2
     assert "--learner names one learner, but 2 notebooks were given" in err
+
+
+def test_a_real_lesson_02_notebook_labelled_lesson_0_is_refused(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    lessons = load_lessons(root / "instructor")
+    notebook = json.loads((root / "notebooks" / "02-virtual-time.ipynb").read_text())
+    notebook["metadata"]["labkit"]["lesson"] = 0
+    path = write(tmp_path / "sneaky.ipynb", notebook)
+    with pytest.raises(SubmissionError) as caught:
+        load_submission(path, lessons)
+    assert str(caught.value) == (
+        f"{path}: a notebook from a different lesson: its cells are those of 02-virtual-time, "
+        "but its metadata says lesson 0; submit 00-getting-started.ipynb, or grade it with "
+        "--lesson 2"
+    )
+
+
+def test_a_lesson_whose_modules_are_missing_is_refused_in_one_line_and_nothing_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lesson98, "SETUP", lesson98.SETUP + "\nimport labkit_absent_module")
+    instructor = lesson98.write_instructor(tmp_path / "instructor")
+    for name in ("ann", "bob"):
+        write(tmp_path / "in" / f"{name}.ipynb", lesson98.learner(**lesson98.SUBMISSIONS["solved"]))
+    argv = [
+        "grade",
+        str(tmp_path / "in"),
+        "--instructor",
+        str(instructor),
+        "--gradebook",
+        str(tmp_path / "book.sqlite"),
+        "--feedback",
+        str(tmp_path / "fb"),
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    assert code == 2
+    (line,) = [x for x in err.getvalue().splitlines() if x.startswith("labkit grade:")]
+    assert line.startswith(
+        "labkit grade: lesson 98 cannot be graded on this machine: its cells import "
+        "labkit_absent_module, which this Python cannot find; install"
+    )
+    assert "2 notebook(s) not graded, nothing recorded" in line
+    with Gradebook(tmp_path / "book.sqlite") as book:
+        assert book.count() == 0
+        assert book.rejections() == []
