@@ -25,14 +25,17 @@ Example::
 from __future__ import annotations
 
 import ast
+import functools
 import secrets
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from labkit.course.grading.wire import WireError, from_text, show, to_text
 
 __all__ = [
+    "AST_LOCK",
     "Call",
     "Candidate",
     "Cell",
@@ -46,6 +49,7 @@ __all__ = [
     "closure",
     "free_names",
     "make_plan",
+    "one_at_a_time",
     "parse_call",
     "protected_names",
     "python_text",
@@ -56,6 +60,32 @@ __all__ = [
 
 CellKind = Literal["learner", "locked", "check", "hidden"]
 CALLS = ("check", "check_test")
+
+#: Held around the grader's parsing: CPython 3.11.7's AST constructor keeps one recursion count
+#: per interpreter, so two threads parsing at once can fail with "SystemError: AST constructor
+#: recursion depth mismatch" (fixed in 3.11.8), and ``labkit grade --jobs`` plans in threads.
+AST_LOCK = threading.RLock()
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_at_a_time(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``func`` holding :data:`AST_LOCK` (it parses Python).
+
+    Example::
+
+        @one_at_a_time
+        def names(source: str) -> set[str]:
+            return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    """
+
+    @functools.wraps(func)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with AST_LOCK:
+            return func(*args, **kwargs)
+
+    return locked
 
 
 class PlanError(ValueError):
@@ -282,6 +312,7 @@ def _docstrings(statements: Sequence[ast.stmt]) -> dict[str, str]:
     return found
 
 
+@one_at_a_time
 def parse_call(source: str, *, exercise: str, cell: str, where: str = "") -> Call:
     """The call a check cell ends with, read statically; points come later from the build.
 
@@ -693,6 +724,7 @@ def _statements(source: str) -> list[ast.stmt]:
         return []
 
 
+@one_at_a_time
 def protected_names(lesson_cells: Sequence[LessonCell]) -> set[str]:
     """The names the lesson's own cells bind and no solution cell does (see :class:`Plan`).
 
@@ -723,6 +755,7 @@ def _entry(cell: Cell, source: str, kind: str, protected: set[str]) -> dict[str,
     return {"id": cell.id, "source": source, "kind": kind, "protects": binds}
 
 
+@one_at_a_time
 def make_plan(
     cells: Sequence[Cell],
     lesson_cells: Sequence[LessonCell],

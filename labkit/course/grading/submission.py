@@ -33,6 +33,7 @@ from labkit.course.grading.plan import (
     CellKind,
     LessonCell,
     PlanError,
+    one_at_a_time,
     protected_names,
     python_text,
 )
@@ -166,6 +167,7 @@ def _labkit(meta: Any) -> dict[str, Any]:
 # -- lessons ------------------------------------------------------------------------------
 
 
+@one_at_a_time
 def load_lessons(instructor: Path) -> dict[int, Lesson]:
     """Every lesson in an instructor directory, by number; raises SubmissionError if unusable.
 
@@ -367,6 +369,7 @@ def learner_name(path: Path, lessons: dict[int, Lesson]) -> str:
     return stem
 
 
+@one_at_a_time
 def load_submission(
     path: Path,
     lessons: dict[int, Lesson],
