@@ -13,7 +13,7 @@ STAMP := $(VENV)/.stamp-$(ENV_HASH)
 LAB_PORT ?= 8888
 
 .PHONY: help env lab test lint typecheck unit notebooks stress bench conformance build clean \
-	browser-deps postgres-deps
+	browser-deps postgres-deps sandbox-deps
 
 help:
 	@echo "make lab          create the environment and open JupyterLab on the lessons"
@@ -49,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck browser-deps postgres-deps
+test: $(STAMP) lint typecheck browser-deps postgres-deps sandbox-deps
 	$(BIN)/python -m pytest -m "not stress" $(PYTEST_ARGS)
 
 # The browser test drives Debian's Chromium; install it where the machine allows (root + apt).
@@ -81,6 +81,18 @@ postgres-deps:
 			"will be skipped (install it with: sudo apt-get install postgresql)"; \
 	fi
 
+# labkit grade runs each submission in Debian's bubblewrap; install it where root + apt allow.
+sandbox-deps:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian's bubblewrap for the grading sandbox"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+			>/dev/null; \
+	else \
+		echo "note: no bwrap here and no root apt-get; the sandbox isolation tests will be" \
+			"skipped (install it with: sudo apt-get install bubblewrap)"; \
+	fi
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
@@ -89,7 +101,7 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest tests/notebooks $(PYTEST_ARGS)
 
-stress: $(STAMP)
+stress: $(STAMP) sandbox-deps
 	$(BIN)/python -m pytest -m stress tests/stress $(PYTEST_ARGS)
 
 # The competitors go to build/bench-deps, not into .venv: looptime registers pytest plugins that
@@ -103,7 +115,7 @@ $(BENCH_STAMP): bench/requirements.txt
 	$(BIN)/python -m pip install --quiet --target $(BENCH_DEPS) -r bench/requirements.txt
 	@touch $@
 
-bench: $(STAMP) $(BENCH_STAMP)
+bench: $(STAMP) $(BENCH_STAMP) sandbox-deps
 	$(BIN)/python bench/run.py
 
 conformance: $(STAMP)

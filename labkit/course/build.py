@@ -274,6 +274,7 @@ def _validate(lesson: Lesson, nb: Any) -> None:
                 f"{where}: exercise {exercise.exercise} has no check cell (a cell with "
                 f'"labkit": {{"role": "check", "exercise": "{exercise.exercise}"}})'
             )
+    _static_calls(lesson, nb)
 
 
 def _role(cell: Any) -> str | None:
@@ -522,7 +523,9 @@ def _instructor_skeleton(nb: Any) -> Any:
     return out
 
 
-def _manifest_entry(lesson: Lesson, nb: Any, points: dict[str, float]) -> dict[str, Any]:
+def _manifest_entry(
+    lesson: Lesson, nb: Any, points: dict[str, float], calls: dict[str, list[Any]]
+) -> dict[str, Any]:
     exercises = _exercises(lesson, nb)
     return {
         "file": lesson.name,
@@ -535,6 +538,7 @@ def _manifest_entry(lesson: Lesson, nb: Any, points: dict[str, float]) -> dict[s
                 "check_cell": ex.check_cell,
                 "solution_cells": ex.solution_cells,
                 "hidden_cells": ex.hidden_cells,
+                "calls": calls.get(key, []),
             }
             for key, ex in sorted(exercises.items(), key=lambda kv: _exercise_key(kv[0]))
         },
@@ -783,6 +787,88 @@ def _points(lesson: Lesson, nb: Any, results: list[dict[str, Any]]) -> dict[str,
     return {key: int(value) if value.is_integer() else value for key, value in points.items()}
 
 
+def _grading_cells(nb: Any) -> list[Any]:
+    return [c for c in nb.cells if c.cell_type == "code" and _role(c) in ("check", "hidden")]
+
+
+def _static_calls(lesson: Lesson, nb: Any) -> list[Any]:
+    """Every check cell's call as the grader plans it, read from the source (no run needed)."""
+    from labkit.course.grading.plan import PlanError, parse_call
+
+    calls = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or _role(cell) not in ("check", "hidden"):
+            continue
+        where = f"{lesson.source}, {_cell_label(index, cell)}"
+        try:
+            call = parse_call(cell.source, exercise=_exercise_of(cell), cell=cell.id, where=where)
+        except PlanError as exc:
+            raise LessonError(str(exc)) from None
+        if call.hidden != (_role(cell) == "hidden"):
+            raise LessonError(
+                f"{where}: a {_role(cell)} cell's call must "
+                f"{'say' if _role(cell) == 'hidden' else 'not say'} hidden=True"
+            )
+        calls.append(call)
+    return calls
+
+
+def _calls(lesson: Lesson, nb: Any, results: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The check plan for the manifest: each call, its points, and the reference observations.
+
+    The instructor solution's run gives, for every check function, the plain-data value it
+    returned; the grader compares learners' values with these. A check that returns nothing
+    readable is refused here, with what to return instead.
+    """
+    from dataclasses import replace
+
+    from labkit.course.grading.wire import WireError, from_text
+
+    static = _static_calls(lesson, nb)
+    if len(static) != len(results):
+        raise LessonError(
+            f"{lesson.source}: {len(static)} check cells but {len(results)} check calls ran; "
+            "each check cell must make exactly one check(...) or check_test(...) call"
+        )
+    found: dict[str, list[Any]] = {}
+    for call, result in zip(static, results, strict=True):
+        where = f"{lesson.source}, cell {call.cell}"
+        if str(result.get("exercise")) != call.exercise:
+            raise LessonError(
+                f"{where}: the call that ran is for exercise {result.get('exercise')}, "
+                f"the cell is exercise {call.exercise}"
+            )
+        expected = "check" if call.kind == "check" else "test"
+        if result.get("kind") != expected:
+            raise LessonError(f"{where}: the cell's last call is not the one that reported")
+        points = float(result.get("max_points", 0))
+        if call.kind == "check":
+            items = result.get("items", [])
+            checks = []
+            for item, check in zip(items, call.checks, strict=True):
+                problem = item.get("problem") or ""
+                if problem or item.get("observation") is None:
+                    raise LessonError(
+                        f"{where}: the check {check.expr}() {problem or 'returns nothing'}; a "
+                        "graded check must return the plain-data value it asserted on (a "
+                        "number, text, or a list, tuple or dict of them, e.g. `return elapsed` "
+                        "or `return {'dropped': dropped, 'elapsed': elapsed}`): the grader "
+                        "compares learners' values with the one your solution gives"
+                    )
+                try:
+                    reference = from_text(item["observation"])
+                except WireError as exc:
+                    raise LessonError(f"{where}: unreadable observation ({exc})") from None
+                checks.append(
+                    replace(check, title=str(item.get("name", check.title)), reference=reference)
+                )
+            call = replace(call, checks=tuple(checks), points=points)
+        else:
+            call = replace(call, points=points)
+        found.setdefault(call.exercise, []).append(call.to_manifest())
+    return found
+
+
 def build(
     lessons: Iterable[Lesson],
     *,
@@ -807,10 +893,11 @@ def build(
             lesson, _instructor_skeleton(nb), timeout=timeout, progress=progress
         )
         points = _points(lesson, nb, results)
+        calls = _calls(lesson, nb, results)
         _write(lesson.instructor, _dumps(_drop_unchecked_outputs(executed)))
         with _manifest_lock(root):  # other builds may update other lessons' entries meanwhile
             manifest = _load_manifest(root)
-            manifest["lessons"][lesson.code] = _manifest_entry(lesson, nb, points)
+            manifest["lessons"][lesson.code] = _manifest_entry(lesson, nb, points, calls)
             _write_manifest(root, manifest)
         if progress is not None:
             summary = ", ".join(f"{k}: {v:g} points" for k, v in points.items()) or "no exercises"
@@ -855,12 +942,47 @@ def check_up_to_date(lessons: Iterable[Lesson]) -> list[str]:
             )
         else:
             points = {k: v["points"] for k, v in entry.get("exercises", {}).items()}
-            if entry != _manifest_entry(lesson, nb, points):
+            if entry != _manifest_entry(lesson, nb, points, _stored_calls(lesson, nb, entry)):
                 problems.append(
                     f"{_manifest_path(lesson.root)}: the entry of lesson {lesson.code} is out of "
                     f"date: {fix}"
                 )
     return problems
+
+
+def _stored_calls(lesson: Lesson, nb: Any, entry: dict[str, Any]) -> dict[str, list[Any]]:
+    """The calls the source says, with the points and references the last build recorded."""
+    from dataclasses import replace
+
+    from labkit.course.grading.plan import Call
+
+    stored: dict[tuple[str, str], Any] = {}
+    for key, exercise in entry.get("exercises", {}).items():
+        for item in exercise.get("calls", []) if isinstance(exercise, dict) else []:
+            try:
+                call = Call.from_manifest(key, item)
+            except ValueError:
+                continue
+            stored[(key, call.cell)] = call
+    try:
+        static = _static_calls(lesson, nb)
+    except LessonError:
+        return {}
+    found: dict[str, list[Any]] = {}
+    for call in static:
+        old = stored.get((call.exercise, call.cell))
+        if old is None:
+            return {}
+        checks = tuple(
+            replace(c, title=o.title, reference=o.reference)
+            for c, o in zip(call.checks, old.checks, strict=False)
+        )
+        if len(checks) != len(call.checks):
+            return {}
+        found.setdefault(call.exercise, []).append(
+            replace(call, checks=checks, points=old.points).to_manifest()
+        )
+    return found
 
 
 # -- the command line -------------------------------------------------------------------------

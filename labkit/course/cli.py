@@ -7,6 +7,7 @@ Example::
 
     $ labkit build            # regenerate learner and instructor notebooks
     $ labkit grade submissions/*.ipynb --jobs 2
+    $ labkit release ../workshop-kit   # learner notebooks only, for a workshop
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _COMMANDS = {
     "build": ("labkit.course.build", "generate learner and instructor notebooks from lessons/"),
     "grade": ("labkit.course.grading.grader", "grade learners' notebooks"),
     "gradebook": ("labkit.course.grading.gradebook", "inspect or export the gradebook"),
+    "release": ("labkit.course.release", "write the learner-only tree a workshop hands out"),
 }
 #: What each command imports from the ``labkit[course]`` extra (the library needs none of it).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -31,6 +33,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "build": ("jupytext", "nbformat", "nbclient", "ipykernel", "ipytest"),
     "grade": ("nbformat", "IPython", "ipytest", "ipykernel"),
     "gradebook": (),
+    "release": (),
 }
 
 

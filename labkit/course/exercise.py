@@ -1,11 +1,17 @@
-"""Exercise checks: grade a learner's test against correct and buggy code, or a helper by checks.
+"""Exercise checks in the notebook: a learner's test against correct and buggy code, or checks.
 
-Both calls work from a notebook cell that runs inside Jupyter's own event loop: each piece of
-learner code runs in a worker thread on a fresh :class:`labkit.VirtualTimeLoop`, with a
-real-time limit, so a hung or deadlocked test becomes a failure with a hint instead of a frozen
-kernel. The printed summary is deterministic (no timings, no addresses), and when the
-``LABKIT_RESULTS`` environment variable names a file each call appends one JSON line to it for
-the grader (see ``docs/exercises.md``).
+These calls give learners feedback in JupyterLab: each piece of learner code runs as a
+:mod:`~labkit.course.trial` (a worker thread, a fresh :class:`labkit.VirtualTimeLoop`, a
+real-time limit), and the summary printed is deterministic (no timings, no addresses). The
+points shown come from :mod:`labkit.course.grading.score`, the functions the grader uses.
+
+What is printed here is feedback only. The grade is decided outside the learner's process:
+``labkit grade`` runs the same checks in fresh sandboxed processes and compares what each check
+function *returns* (its observation, plain data) with the instructor's reference, recorded when
+``labkit build`` ran the instructor solution; a learner's test is run against the correct
+implementation and each mutant in processes that cannot tell which one they got. When the
+``LABKIT_RESULTS`` environment variable names a file (``labkit build`` sets it), each call
+appends one JSON line to it, with the observations (``docs/exercises.md``).
 
 Example::
 
@@ -18,49 +24,58 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
-import linecache
 import os
 import re
-import threading
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from labkit.course.labels import clean_text
-from labkit.deadlock import DeadlockError
+from labkit.course.grading.score import catch_points, check_points, default_points
+from labkit.course.grading.wire import informative, plain_problem, to_text
+from labkit.course.trial import (
+    DEFAULT_TIME_LIMIT,
+    LoopFactory,
+    failure_hint,
+    is_placeholder,
+    number,
+    run_trial,
+)
 from labkit.loop import new_virtual_loop
 
 __all__ = ["CheckResult", "Item", "check", "check_test"]
 
 Status = Literal["not solved yet", "failed", "solved"]
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 RESULTS_ENV = "LABKIT_RESULTS"
-DEFAULT_TIME_LIMIT = 30.0
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_MAX_DETAIL = 600
+CAUGHT = "catches the bug: "
 
 
 @dataclass
 class Item:
-    """One line of a check's report: what was checked, whether it held, and a hint if not."""
+    """One line of a check's report: what was checked, whether it held, and a hint if not.
+
+    ``observation`` is what a check function returned (``None`` for a test's items).
+
+    Example::
+
+        Item("sleep_all([1, 2, 3]) takes 3 seconds", True, observation=3)
+    """
 
     name: str
     ok: bool
     detail: str = ""
+    observation: Any = None
 
 
 @dataclass
 class CheckResult:
-    """The outcome of one check call: what the summary printed and the grader reads.
+    """The outcome of one check call: what the summary printed.
 
     Example::
 
-        result = check("0.2", lambda: None)
+        result = check("0.2", lambda: 4)
         assert result.status == "solved" and result.points == result.max_points
     """
 
@@ -79,8 +94,8 @@ class CheckResult:
     def summary(self) -> str:
         """The text printed in the notebook: a headline, one line per item, and hints."""
         kind = "hidden checks" if self.hidden else "exercise"
-        head = f"{kind} {self.exercise}: {self.status} ({_number(self.points)}/"
-        head += f"{_number(self.max_points)} points)"
+        head = f"{kind} {self.exercise}: {self.status} ({number(self.points)}/"
+        head += f"{number(self.max_points)} points)"
         lines = [head]
         if self.status == "not solved yet":
             lines.append(
@@ -94,26 +109,22 @@ class CheckResult:
                 lines.extend("         " + line for line in item.detail.splitlines())
         return "\n".join(lines)
 
-    def to_json(self) -> str:
-        """One line of the results protocol."""
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=False)
+    def to_json(self, kind: str = "check") -> str:
+        """One line of the results protocol, observations in the wire format (base64)."""
+        data = asdict(self)
+        data["kind"] = kind
+        for item, raw in zip(data["items"], self.items, strict=True):
+            item.pop("observation")
+            if kind == "check" and self.status != "not solved yet":
+                problem = plain_problem(raw.observation)
+                if not problem and not informative(raw.observation):
+                    problem = "returns only None or booleans"
+                item["observation"] = None if problem else to_text(raw.observation)
+                item["problem"] = problem
+        return json.dumps(data, ensure_ascii=False, sort_keys=False)
 
     def _ipython_display_(self) -> None:
         """The summary is already printed by the call; showing the result again adds nothing."""
-
-
-class _NotSolved(Exception):
-    """Raised internally when learner code hits the placeholder's NotImplementedError."""
-
-
-@dataclass
-class _Outcome:
-    error: BaseException | None = None
-    timed_out: bool = False
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and not self.timed_out
 
 
 def check_test(
@@ -134,9 +145,10 @@ def check_test(
     ``async`` function (run on a fresh loop from ``loop_factory``, by default a
     ``VirtualTimeLoop``). ``mutants`` maps a short description of each bug to its buggy
     implementation. ``correct`` may also map names to several equally correct versions (say, a
-    slower one): a test that guesses timings instead of waiting for events fails on some. Points
-    are shared equally among the items, and none are given unless the test passes on every
-    correct version. ``record=False`` marks a demonstration: nothing goes to the grader.
+    slower one): a test that guesses timings instead of waiting for events fails on some. The
+    points (default: one per mutant) are shared among the mutants caught, and none are given
+    unless the test passes on every correct version: passing on the correct code alone earns
+    nothing. ``record=False`` marks a demonstration: nothing goes to the results file.
 
     Example::
 
@@ -161,55 +173,54 @@ def check_test(
     variants = dict(correct) if isinstance(correct, Mapping) else {"": correct}
     if not variants:
         raise ValueError(f"check_test({exercise!r}, ...) needs a correct implementation")
+    maximum = default_points("test", 0, len(mutants)) if points is None else float(points)
     items: list[Item] = []
     for label, implementation in variants.items():
-        outcome = _run(learner_test, (implementation,), loop_factory, time_limit)
-        if _is_placeholder(outcome.error):
-            count = len(variants) + len(mutants)
-            return _finish(exercise, hidden, "not solved yet", points, [], count, record=record)
+        trial = run_trial(
+            learner_test, (implementation,), loop_factory=loop_factory, time_limit=time_limit
+        )
+        if is_placeholder(trial.error):
+            return _finish(exercise, hidden, "not solved yet", 0.0, maximum, [], "test", record)
         name = "passes on the correct implementation"
         if label:
             name = f"passes on a correct implementation: {label}"
-        hint = "" if outcome.passed else _failure_hint(outcome, learner_test, time_limit)
-        if label and not outcome.passed:
+        hint = "" if trial.passed else failure_hint(trial, learner_test, time_limit)
+        if label and not trial.passed:
             hint += (
                 "\n(this version is correct too, only slower or ordered differently: does the "
                 "test guess a timing instead of waiting for an event?)"
             )
-        items.append(Item(name, outcome.passed, hint))
+        items.append(Item(name, trial.passed, hint))
     baseline_passed = all(item.ok for item in items)
+    caught: list[bool] = []
     for description, mutant in mutants.items():
-        name = f"catches the bug: {description}"
+        name = CAUGHT + description
         if not baseline_passed:
             items.append(
                 Item(name, False, "not tried: the test must pass on the correct code first")
             )
+            caught.append(False)
             continue
-        outcome = _run(learner_test, (mutant,), loop_factory, time_limit)
-        if outcome.timed_out:
-            items.append(
-                Item(
-                    name,
-                    True,
-                    f"caught only by hanging for {_number(time_limit)} real seconds; "
-                    "a test that fails fast (an assertion, a timeout in virtual time) is better",
-                )
-            )
-        elif outcome.error is None:
-            items.append(
-                Item(
-                    name,
-                    False,
-                    "your test passes on this buggy version: add an assertion that fails "
-                    "when the code has this bug",
-                )
-            )
-        else:
-            items.append(Item(name, True))
+        trial = run_trial(learner_test, (mutant,), loop_factory=loop_factory, time_limit=time_limit)
+        caught.append(not trial.passed)
+        items.append(Item(name, not trial.passed, _catch_hint(trial, time_limit)))
     status: Status = "solved" if all(item.ok for item in items) else "failed"
-    return _finish(
-        exercise, hidden, status, points, items, len(items), gated=len(variants), record=record
-    )
+    earned = catch_points(maximum, [item.ok for item in items[: len(variants)]], caught)
+    return _finish(exercise, hidden, status, earned, maximum, items, "test", record)
+
+
+def _catch_hint(trial: Any, time_limit: float) -> str:
+    if trial.timed_out:
+        return (
+            f"caught only by hanging for {number(time_limit)} real seconds; "
+            "a test that fails fast (an assertion, a timeout in virtual time) is better"
+        )
+    if trial.error is None:
+        return (
+            "your test passes on this buggy version: add an assertion that fails "
+            "when the code has this bug"
+        )
+    return ""
 
 
 def check(
@@ -221,157 +232,65 @@ def check(
     time_limit: float = DEFAULT_TIME_LIMIT,
     record: bool = True,
 ) -> CheckResult:
-    """Grade an "implement" or "fix" exercise: each check raises AssertionError with a hint.
+    """Grade an "implement" or "fix" exercise: each check asserts, and returns what it observed.
 
     A check is a callable taking no argument, plain or ``async``; its name in the report is the
-    first line of its docstring, else its function name. Points are shared equally among the
-    checks.
+    first line of its docstring, else its function name. It raises ``AssertionError`` (its
+    message is the hint) when the learner's code is wrong, and **returns the plain-data value it
+    asserted on** (a number, text, a list or dict of them): the grader compares that value with
+    the one the instructor's solution gave. Points (default: one per check) are shared equally.
 
     Example::
 
         def doubles_two():
             "double(2) is 4"
-            assert double(2) == 4, "double(2) should be 4"
+            result = double(2)
+            assert result == 4, f"double(2) gave {result}"
+            return result
 
         check("0.2", doubles_two)
     """
     _validate(exercise, points, time_limit)
     if not checks:
         raise ValueError(f"check({exercise!r}) needs at least one check function")
+    maximum = default_points("check", len(checks), 0) if points is None else float(points)
     items: list[Item] = []
-    for number, func in enumerate(checks, 1):
+    for index, func in enumerate(checks, 1):
         if not callable(func):
             raise TypeError(
-                f"check({exercise!r}, ...): check {number} is a {type(func).__name__}, not a "
+                f"check({exercise!r}, ...): check {index} is a {type(func).__name__}, not a "
                 "function: pass the function itself, not the result of calling it"
             )
-        outcome = _run(func, (), loop_factory, time_limit)
-        if _is_placeholder(outcome.error):
-            return _finish(
-                exercise, hidden, "not solved yet", points, [], len(checks), record=record
-            )
-        name = _check_name(func, number)
-        if outcome.passed:
-            items.append(Item(name, True))
+        trial = run_trial(func, loop_factory=loop_factory, time_limit=time_limit)
+        if is_placeholder(trial.error):
+            return _finish(exercise, hidden, "not solved yet", 0.0, maximum, [], "check", record)
+        name = check_name(func, index)
+        if trial.passed:
+            items.append(Item(name, True, observation=trial.value))
         else:
-            items.append(Item(name, False, _failure_hint(outcome, func, time_limit)))
+            items.append(Item(name, False, failure_hint(trial, func, time_limit)))
     status: Status = "solved" if all(item.ok for item in items) else "failed"
-    return _finish(exercise, hidden, status, points, items, len(items), record=record)
+    earned = check_points(maximum, [item.ok for item in items])
+    return _finish(exercise, hidden, status, earned, maximum, items, "check", record)
 
 
-# -- running learner code --------------------------------------------------------------------
+def check_name(func: Callable[..., Any], index: int) -> str:
+    """A check's name in reports: its docstring's first line, else its function name.
 
+    Example::
 
-def _run(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    loop_factory: LoopFactory,
-    time_limit: float,
-) -> _Outcome:
-    """Call ``func(*args)`` in a worker thread; a coroutine runs there on a fresh loop."""
-    outcome = _Outcome()
-    loop_box: list[asyncio.AbstractEventLoop] = []
-    main_box: list[asyncio.Future[Any]] = []
+        def no_delays():
+            "sleep_all([]) takes no time"
 
-    def work() -> None:
-        try:
-            result = func(*args)
-            if inspect.isawaitable(result):
-                with asyncio.Runner(loop_factory=loop_factory) as runner:
-                    loop = runner.get_loop()
-                    # Tearing down a failed run cancels the code's leftover tasks, and asyncio
-                    # may log about them; that noise is not the learner's business here.
-                    loop.set_exception_handler(_ignore_loop_error)
-                    if inspect.iscoroutine(result):
-                        main: asyncio.Future[Any] = loop.create_task(result, name="learner-test")
-                    else:
-                        main = asyncio.ensure_future(result, loop=loop)
-                    loop_box.append(loop)
-                    main_box.append(main)
-                    loop.run_until_complete(main)
-        except BaseException as exc:
-            outcome.error = exc
-
-    worker = threading.Thread(target=work, name="labkit-check", daemon=True)
-    worker.start()
-    worker.join(time_limit)
-    if worker.is_alive():
-        outcome.timed_out = True
-        if loop_box and main_box:
-            # Ask the stuck loop to cancel the test; a busy CPU loop may ignore it, which is why
-            # the worker is a daemon thread.
-            loop = loop_box[0]
-            try:
-                loop.call_soon_threadsafe(main_box[0].cancel)
-            except RuntimeError:
-                pass
-            worker.join(1.0)
-    return outcome
-
-
-def _ignore_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """An exception handler that drops what the loop reports about abandoned tasks."""
-
-
-def _is_placeholder(error: BaseException | None) -> bool:
-    seen = 0
-    while error is not None and seen < 20:
-        if isinstance(error, NotImplementedError):
-            return True
-        error = error.__cause__ or error.__context__
-        seen += 1
-    return False
-
-
-def _failure_hint(outcome: _Outcome, func: Callable[..., Any], time_limit: float) -> str:
-    if outcome.timed_out:
-        return (
-            f"still running after {_number(time_limit)} real seconds: something waits on real "
-            "time or spins without awaiting; on the virtual loop, sleeps and timeouts cost no "
-            "real time"
-        )
-    error = outcome.error
-    assert error is not None
-    if isinstance(error, DeadlockError):
-        return _clean(f"DeadlockError: {error}")
-    message = _clean(str(error)).strip()
-    name = type(error).__name__
-    where = _learner_line(error, func)
-    if not message:
-        return f"{name} at `{where}`" if where else name
-    if len(message) > _MAX_DETAIL:
-        message = message[:_MAX_DETAIL] + " ..."
-    text = f"{name}: {message}"
-    if where and isinstance(error, AssertionError) and "\n" not in message:
-        text += f"\n(at `{where}`)"
-    return text
-
-
-def _learner_line(error: BaseException, func: Callable[..., Any]) -> str:
-    """The source line of the deepest frame in the learner's own function."""
-    code = getattr(inspect.unwrap(func), "__code__", None)
-    found = ""
-    for frame, lineno in traceback.walk_tb(error.__traceback__):
-        if code is None or frame.f_code.co_filename == code.co_filename:
-            line = linecache.getline(frame.f_code.co_filename, lineno).strip()
-            if line:
-                found = line
-    return found
-
-
-def _clean(text: str) -> str:
-    # One label for notebook cells everywhere: the test cell's report says <cell>:12 too.
-    return clean_text(_ADDRESS.sub("", text))
-
-
-def _check_name(func: Callable[..., Any], number: int) -> str:
+        assert check_name(no_delays, 1) == "sleep_all([]) takes no time"
+    """
     doc = inspect.getdoc(func)
     if doc:
         return doc.strip().splitlines()[0]
     name = getattr(func, "__name__", "")
     if name and name != "<lambda>":
-        return name.replace("_", " ")
-    return f"check {number}"
+        return str(name).replace("_", " ")
+    return f"check {index}"
 
 
 def _validate(exercise: str, points: float | None, time_limit: float) -> None:
@@ -387,32 +306,17 @@ def _finish(
     exercise: str,
     hidden: bool,
     status: Status,
-    points: float | None,
+    earned: float,
+    maximum: float,
     items: list[Item],
-    count: int,
-    *,
-    gated: int = 0,
-    record: bool = True,
+    kind: str,
+    record: bool,
 ) -> CheckResult:
-    max_points = float(count if points is None else points)
-    if status == "not solved yet" or not items or not all(item.ok for item in items[:gated]):
-        earned = 0.0
-    else:
-        earned = round(max_points * sum(item.ok for item in items) / len(items), 2)
-    result = CheckResult(exercise, hidden, status, earned, max_points, items)
+    result = CheckResult(exercise, hidden, status, earned, maximum, items)
     print(result.summary())
     if record:
-        _record(result)
+        path = os.environ.get(RESULTS_ENV)
+        if path:
+            with open(path, "a", encoding="utf-8") as stream:
+                stream.write(result.to_json(kind) + "\n")
     return result
-
-
-def _record(result: CheckResult) -> None:
-    path = os.environ.get(RESULTS_ENV)
-    if not path:
-        return
-    with open(path, "a", encoding="utf-8") as stream:
-        stream.write(result.to_json() + "\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -1,4 +1,4 @@
-"""labkit.course.exercise: check_test and check grade learner code and report deterministically."""
+"""labkit.course.exercise: check_test and check give feedback in the notebook, deterministically."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from labkit.course.exercise import CheckResult, check, check_test
+from labkit.course.grading.wire import from_text
 
 
 def _add(a: int, b: int) -> int:
@@ -64,9 +65,9 @@ def test_check_test_solved_when_every_mutant_is_caught(capsys: pytest.CaptureFix
         "9.1", sums_two_and_three, correct=_add, mutants={"subtracts": _sub, "multiplies": _mul}
     )
     assert result.status == "solved"
-    assert (result.points, result.max_points) == (3, 3)
+    assert (result.points, result.max_points) == (2, 2)  # one point per mutant
     assert capsys.readouterr().out == (
-        "exercise 9.1: solved (3/3 points)\n"
+        "exercise 9.1: solved (2/2 points)\n"
         "  [ok  ] passes on the correct implementation\n"
         "  [ok  ] catches the bug: subtracts\n"
         "  [ok  ] catches the bug: multiplies\n"
@@ -79,7 +80,7 @@ def test_check_test_names_the_bug_a_weak_test_misses(capsys: pytest.CaptureFixtu
     )
     assert result.status == "failed"
     assert [item.ok for item in result.items] == [True, True, False]
-    assert result.points == 2
+    assert result.points == 1  # one of two mutants caught; passing on correct code earns nothing
     out = capsys.readouterr().out
     assert "[FAIL] catches the bug: multiplies" in out
     assert "your test passes on this buggy version" in out
@@ -91,8 +92,23 @@ def test_check_test_reports_the_placeholder_as_not_solved_yet(
     result = check_test("9.1", placeholder_test, correct=_add, mutants={"subtracts": _sub})
     assert result.status == "not solved yet"
     assert result.points == 0
-    assert result.max_points == 2
+    assert result.max_points == 1
     assert "not solved yet" in capsys.readouterr().out
+
+
+def test_a_test_that_tests_nothing_earns_nothing() -> None:
+    async def test_retry(retry: Any) -> None:
+        pass
+
+    async def retry(operation: Any) -> Any:
+        return await operation()
+
+    async def retry_never(operation: Any) -> Any:
+        return None
+
+    result = check_test("0.2", test_retry, correct=retry, mutants={"never calls": retry_never})
+    assert [item.ok for item in result.items] == [True, False]
+    assert (result.points, result.max_points) == (0, 1)
 
 
 def test_check_test_gives_nothing_for_a_test_failing_on_correct_code() -> None:
@@ -175,6 +191,15 @@ def test_a_malformed_exercise_id_is_named(bad: str) -> None:
 # -- check ---------------------------------------------------------------------------------
 
 
+def test_check_items_carry_what_each_check_returned() -> None:
+    async def elapsed() -> float:
+        await asyncio.sleep(3)
+        return asyncio.get_running_loop().time()
+
+    result = check("9.4", elapsed, lambda: {"items": [1, 2]})
+    assert [item.observation for item in result.items] == [3.0, {"items": [1, 2]}]
+
+
 def test_check_names_items_by_docstring_or_function_name(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -243,14 +268,15 @@ def test_each_call_appends_one_json_line_when_asked(
     results = tmp_path / "results.jsonl"
     monkeypatch.setenv("LABKIT_RESULTS", str(results))
     check_test("9.1", weak_test_add, correct=_add, mutants={"multiplies": _mul}, points=3)
-    check("9.4", lambda: None, hidden=True)
+    check("9.4", lambda: 7, lambda: None, lambda: {1}, hidden=True)
     first, second = (json.loads(line) for line in results.read_text().splitlines())
     assert first == {
         "exercise": "9.1",
         "hidden": False,
         "status": "failed",
-        "points": 1.5,
+        "points": 0.0,
         "max_points": 3.0,
+        "kind": "test",
         "items": [
             {"name": "passes on the correct implementation", "ok": True, "detail": ""},
             {
@@ -262,8 +288,14 @@ def test_each_call_appends_one_json_line_when_asked(
         ],
     }
     assert second["hidden"] is True
+    assert second["kind"] == "check"
     assert second["status"] == "solved"
-    assert second["items"] == [{"name": "check 1", "ok": True, "detail": ""}]
+    seven, nothing, a_set = second["items"]
+    assert from_text(seven["observation"]) == 7
+    assert seven["problem"] == ""
+    assert nothing["observation"] is None
+    assert nothing["problem"] == "returns only None or booleans"
+    assert a_set["problem"] == "the value is a set, which is not plain data"
 
 
 def test_nothing_is_written_without_the_variable(

@@ -6,6 +6,8 @@ import contextlib
 import csv
 import io
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,48 @@ def test_cli_without_a_gradebook_says_what_to_do(tmp_path: Path) -> None:
     code, _, err = _cli("--gradebook", str(tmp_path / "none.sqlite"))
     assert code == 2
     assert "run `labkit grade` first" in err
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped() -> None:
+    grades = [make(name) for name in ("=1+2", "+cmd", "-x", "@SUM(A1)", "plain")]
+    for wide in (False, True):
+        out = io.StringIO()
+        export_csv(grades, out, wide=wide)
+        learners = [row["learner"] for row in csv.DictReader(io.StringIO(out.getvalue()))]
+        assert sorted(set(learners)) == sorted(["'=1+2", "'+cmd", "'-x", "'@SUM(A1)", "plain"])
+
+
+def test_a_sqlite_file_of_something_else_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+    with pytest.raises(GradebookError) as caught:
+        Gradebook(path)
+    assert str(caught.value) == (
+        f"{path}: a SQLite database of something else (tables: orders), not a labkit "
+        "gradebook; choose another --gradebook path"
+    )
+    with sqlite3.connect(path) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["orders"]  # nothing of ours was added to it
+    code, _, err = _cli("--gradebook", str(path))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite"
+    with Gradebook(path) as book:
+        for number in range(300):
+            book.record(make(f"learner{number}", sha=f"{number:064d}"))
+    done = subprocess.run(
+        f"{sys.executable} -m labkit gradebook export --csv --gradebook {path} | head -n 2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.splitlines()[0].startswith("learner,lesson,exercise")
+    assert len(done.stdout.splitlines()) == 2
+    assert done.stderr == ""

@@ -20,15 +20,25 @@ from hypothesis import strategies as st
 from labkit.course import cli
 from labkit.course.grading.feedback import render_markdown, write_feedback
 from labkit.course.grading.gradebook import ExerciseGrade, Grade, Gradebook
-from labkit.course.grading.grader import Progress, find_submissions, score
-from labkit.course.grading.sandbox import Cell, CellRun, Limits, SandboxResult
+from labkit.course.grading.grader import (
+    JobReport,
+    Progress,
+    find_submissions,
+    read_result,
+    score,
+)
+from labkit.course.grading.job import sign
+from labkit.course.grading.plan import Job, Plan, make_plan
+from labkit.course.grading.sandbox import JobResult, Limits
 from labkit.course.grading.submission import (
     Lesson,
+    Submission,
     SubmissionError,
     learner_name,
     load_lessons,
     load_submission,
 )
+from labkit.course.grading.wire import encode
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "grading"
 
@@ -194,6 +204,8 @@ def _mangle(kind: str) -> tuple[bytes | Any, dict[str, Any]]:
             del cell["id"]
     elif kind == "too large":
         options["max_bytes"] = 100
+    elif kind == "lesson true":
+        notebook["metadata"]["labkit"]["lesson"] = True
     elif kind == "deeply nested":
         return b"[" * 100_000 + b"]" * 100_000, options
     return notebook, options
@@ -209,7 +221,8 @@ BAD_INPUT = {
     "missing exercise cells": "missing exercise cells: exercise 98.2's solution cell",
     "duplicated cells": "duplicated cells (cell id 'ex1-solution' appears 2 times)",
     "no ids": "has no id",
-    "too large": "too large",
+    "too large": "too large (0.00",
+    "lesson true": "the notebook's metadata says lesson true, which is not a lesson number",
     "deeply nested": "nested too deeply",
 }
 
@@ -232,6 +245,28 @@ def test_bad_input_is_one_line_naming_the_file_and_the_problem(
     assert "\n" not in message
 
 
+def test_a_notebook_relabelled_as_another_lesson_is_refused(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    """A lesson-98 notebook whose metadata says lesson 97 is not graded as lesson 97."""
+    instructor = lesson98.write_instructor(tmp_path / "instructor")
+    other = copy.deepcopy(lesson98.instructor())
+    other["metadata"]["labkit"]["lesson"] = 97
+    for cell in other["cells"]:
+        cell["id"] = "x-" + cell["id"]
+        if cell["cell_type"] == "code":
+            cell["source"] += "\n# lesson 97"
+    write(instructor / "97-other.ipynb", other)
+    relabelled = lesson98.learner()
+    relabelled["metadata"]["labkit"]["lesson"] = 97
+    path = write(tmp_path / "mallory.ipynb", relabelled)
+    with pytest.raises(SubmissionError) as caught:
+        load_submission(path, load_lessons(instructor))
+    assert "its cells are those of 98-grading-fixture, but its metadata says lesson 97" in str(
+        caught.value
+    )
+
+
 def test_another_lessons_notebook_is_recognised_by_its_cells(tmp_path: Path) -> None:
     instructor = lesson98.write_instructor(tmp_path / "instructor")
     other = copy.deepcopy(lesson98.instructor())
@@ -245,7 +280,9 @@ def test_another_lessons_notebook_is_recognised_by_its_cells(tmp_path: Path) -> 
         cell["id"] = "x-" + cell["id"]
     path = write(tmp_path / "98-grading-fixture.ipynb", mine)
     with pytest.raises(
-        SubmissionError, match=r"different lesson \(97-other, not 98-grading-fixture\)"
+        SubmissionError,
+        match=r"a notebook from a different lesson: its cells are those of 97-other, but its "
+        r"file name says lesson 98",
     ):
         load_submission(path, load_lessons(instructor))
 
@@ -253,128 +290,201 @@ def test_another_lessons_notebook_is_recognised_by_its_cells(tmp_path: Path) -> 
 # -- scoring ------------------------------------------------------------------------------
 
 
-def _line(
-    exercise: str, points: float, max_points: float, *items: tuple[str, bool, str]
-) -> dict[str, Any]:
-    status = "solved" if points == max_points else "failed"
-    return {
-        "exercise": exercise,
-        "hidden": False,
-        "status": status,
-        "points": points,
-        "max_points": max_points,
-        "items": [{"name": n, "ok": ok, "detail": d} for n, ok, d in items],
-    }
-
-
-def _submission(tmp_path: Path, lessons: dict[int, Lesson]) -> Any:
-    path = write(tmp_path / "ann.ipynb", lesson98.learner(**lesson98.SUBMISSIONS["solved"]))
+def _submission(tmp_path: Path, lessons: dict[int, Lesson], kind: str = "solved") -> Submission:
+    path = write(tmp_path / "ann.ipynb", lesson98.learner(**lesson98.SUBMISSIONS[kind]))
     return load_submission(path, lessons)
 
 
-def _ran(
-    submission: Any, results: dict[str, list[dict[str, Any]]], skip: tuple[str, ...] = ()
-) -> list[CellRun]:
-    return [
-        CellRun(c.id, True, results=results.get(c.id, []))
-        for c in [*submission.cells, *submission.hidden]
-        if c.id not in skip
-    ]
+def _plan(submission: Submission) -> Plan:
+    lesson = submission.lesson
+    return make_plan(submission.cells, lesson.cells, lesson.calls)
 
 
-def test_points_add_up_per_exercise_and_bugs_caught_are_listed(
+def _replies(plan: Plan, **by_role: Any) -> dict[str, JobReport]:
+    """Reports as if each job replied ``by_role[role]`` (a reply dict, or a function of the job)."""
+    reports = {}
+    for job in plan.jobs:
+        reply = by_role.get(job.role)
+        reply = reply(job) if callable(reply) else reply
+        reports[job.id] = JobReport(job, reply=reply)
+    return reports
+
+
+def _observed(values: dict[str, Any]) -> Any:
+    def reply(job: Job) -> dict[str, Any]:
+        items = [
+            {"status": "ok", "observation": values.get(name), "problem": "", "hint": ""}
+            for name in job.spec["checks"]
+        ]
+        return {"items": items}
+
+    return reply
+
+
+PASSED = {"outcome": "passed", "hint": ""}
+FAILED = {"outcome": "failed", "hint": "AssertionError"}
+
+
+def test_points_come_from_observations_and_verdicts_read_here(
     tmp_path: Path, lessons: dict[int, Lesson]
 ) -> None:
     submission = _submission(tmp_path, lessons)
-    results = {
-        "ex1-check": [_line("98.1", 2, 2, ("doubles", True, ""))],
-        "ex1-hidden": [_line("98.1", 0, 1, ("negatives", False, "AssertionError: no"))],
-        "ex2-check": [
-            _line(
-                "98.2",
-                2,
-                3,
-                ("passes on the correct implementation", True, ""),
-                ("catches the bug: adds two", True, ""),
-                ("catches the bug: squares", False, "your test passes"),
-            )
-        ],
-    }
-    grade = score(submission, SandboxResult("completed", cells=_ran(submission, results)))
-    first, second = grade.exercises
-    assert (first.points, first.status, first.failed) == (
-        2,
-        "partly solved",
-        ["negatives\nAssertionError: no"],
-    )
-    assert (second.points, second.caught, second.missed) == (2, ["adds two"], ["squares"])
-    assert grade.points == 4
-    assert grade.max_points == 6
+    plan = _plan(submission)
+    right = _observed(lesson98.REFERENCES)
+    grade = score(submission, plan, _replies(plan, check=right, correct=PASSED, mutant=FAILED))
+    assert [(e.points, e.status) for e in grade.exercises] == [(3, "solved"), (3, "solved")]
+    assert grade.exercises[1].caught == ["adds two instead of doubling", "squares"]
 
 
-def test_forged_points_are_capped_and_lines_outside_check_cells_ignored(
+def test_a_check_that_did_not_raise_but_observed_something_else_earns_nothing(
     tmp_path: Path, lessons: dict[int, Lesson]
 ) -> None:
     submission = _submission(tmp_path, lessons)
-    results = {
-        "ex1-check": [_line("98.1", 100, 100), _line("98.2", 3, 3)],
-        "ex1-solution": [_line("98.2", 3, 3)],
-    }
-    grade = score(submission, SandboxResult("completed", cells=_ran(submission, results)))
-    assert [e.points for e in grade.exercises] == [3, 0]
-
-
-def test_a_run_that_stopped_early_leaves_later_exercises_not_graded(
-    tmp_path: Path, lessons: dict[int, Lesson]
-) -> None:
-    submission = _submission(tmp_path, lessons)
-    cells = _ran(submission, {}, skip=("ex2-solution", "ex2-check", "ex1-hidden"))
-    result = SandboxResult("timeout", "the notebook ran longer than 5 s", cells, "ex2-solution")
-    grade = score(submission, result)
-    assert [e.status for e in grade.exercises] == ["not graded", "not graded"]
+    plan = _plan(submission)
+    # The forged reply of a patched runner: every check "ok", with no value or a wrong one.
+    forged = _observed({"doubles_two": None, "takes_its_time": 2.0, "negative": True})
+    grade = score(submission, plan, _replies(plan, check=forged, correct=PASSED, mutant=FAILED))
+    first = grade.exercises[0]
+    assert (first.points, first.status) == (0, "failed")
     assert (
-        grade.reason == "In your solution cell for exercise 98.2: the notebook ran longer than 5 s."
+        "double_later waits one second\nthe check passed in your process but observed 2.0"
+        in (first.failed[1])
     )
 
 
-def test_a_check_cell_that_raised_explains_itself(
+def test_a_test_that_passes_everywhere_earns_nothing_and_one_failing_on_correct_code_neither(
     tmp_path: Path, lessons: dict[int, Lesson]
 ) -> None:
     submission = _submission(tmp_path, lessons)
-    cells = _ran(submission, {})
-    cells[2] = CellRun("ex1-check", False, "NameError: name 'double_later' is not defined")
-    grade = score(submission, SandboxResult("completed", cells=cells))
-    assert grade.exercises[0].reason == (
-        "A check cell stopped with an error: NameError: name 'double_later' is not defined"
-    )
-    assert grade.exercises[0].points == 0
+    plan = _plan(submission)
+    right = _observed(lesson98.REFERENCES)
+    everywhere = score(submission, plan, _replies(plan, check=right, correct=PASSED, mutant=PASSED))
+    assert everywhere.exercises[1].points == 0
+    assert everywhere.exercises[1].missed == ["adds two instead of doubling", "squares"]
+    nowhere = score(submission, plan, _replies(plan, check=right, correct=FAILED, mutant=FAILED))
+    assert nowhere.exercises[1].points == 0
+    assert nowhere.exercises[1].failed[0].startswith("passes on the correct implementation")
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.dictionaries(
-            st.sampled_from(["exercise", "points", "max_points", "status", "items", "hidden"]),
-            st.one_of(
-                st.none(),
-                st.booleans(),
-                st.floats(),
-                st.text(max_size=5),
-                st.just("98.1"),
-                st.lists(st.dictionaries(st.text(max_size=4), st.text(max_size=4))),
-            ),
+def test_half_the_mutants_caught_is_half_the_points(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    plan = _plan(submission)
+    right = _observed(lesson98.REFERENCES)
+
+    def half(job: Job) -> dict[str, Any]:
+        return FAILED if job.index == 0 else PASSED
+
+    grade = score(submission, plan, _replies(plan, check=right, correct=PASSED, mutant=half))
+    second = grade.exercises[1]
+    assert (second.points, second.status) == (1.5, "partly solved")
+    assert (second.caught, second.missed) == (["adds two instead of doubling"], ["squares"])
+
+
+def test_a_placeholder_is_not_solved_yet(tmp_path: Path, lessons: dict[int, Lesson]) -> None:
+    submission = _submission(tmp_path, lessons, "empty")
+    plan = _plan(submission)
+    grade = score(
+        submission,
+        plan,
+        _replies(
+            plan,
+            check={
+                "items": [{"status": "placeholder", "observation": None, "problem": "", "hint": ""}]
+            },
+            correct={"outcome": "placeholder", "hint": ""},
+            mutant={"outcome": "placeholder", "hint": ""},
         ),
-        max_size=4,
     )
+    assert [e.status for e in grade.exercises] == ["not solved yet", "not solved yet"]
+
+
+def test_a_job_stopped_in_a_learner_cell_leaves_its_exercises_not_graded(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    plan = _plan(submission)
+    where = [e["id"] for e in plan.table].index("ex2-solution")
+    reports = _replies(plan, check=_observed(lesson98.REFERENCES))
+    for job in plan.jobs:
+        if job.exercise == "98.2":
+            reports[job.id] = JobReport(job, stop="timeout", reason="it ran too long", at=where)
+    grade = score(submission, plan, reports)
+    assert [e.status for e in grade.exercises] == ["solved", "not graded"]
+    assert grade.outcome == "timeout"
+    assert grade.reason == "In your solution cell for exercise 98.2: it ran too long."
+
+
+KEY = b"k" * 32
+
+
+def _result(job: Job, *values: Any, key: bytes = KEY, **ending: Any) -> JobResult:
+    frames = [sign(key, encode(v)) for v in values]
+    return JobResult(frames=frames, **({"status": "exit", "code": 0} | ending))
+
+
+def test_only_frames_signed_with_the_jobs_key_count(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    plan = _plan(submission)
+    job = next(j for j in plan.jobs if j.role == "mutant")
+    honest = read_result(job, _result(job, {"cell": 0}, FAILED), plan, 60, Limits(), KEY)
+    assert honest.reply == FAILED
+    forged = _result(job, PASSED, key=b"x" * 32)
+    forged.frames.insert(0, encode(PASSED))  # unsigned bytes on the pipe
+    report = read_result(job, forged, plan, 60, Limits(), KEY)
+    assert report.reply is None
+    assert report.stop == "exited"  # nothing signed came back: it ended without replying
+
+
+@pytest.mark.parametrize(
+    ("ending", "stop", "phrase"),
+    [
+        ({"status": "signal", "signal": 11}, "crashed", "crashed (SIGSEGV)"),
+        ({"status": "signal", "signal": 9, "cpu": 1.0, "cpu_limit": 30.0}, "exited", "SIGKILL"),
+        ({"status": "signal", "signal": 9, "cpu": 30.0, "cpu_limit": 30.0}, "cpu", "CPU-time"),
+        ({"status": "signal", "signal": 24}, "cpu", "CPU-time"),
+        ({"status": "exit", "code": 3}, "exited", "exit status 3"),
+        ({"status": "exit", "code": 0, "killed": "wall"}, "timeout", "ignored the per-cell"),
+        ({"status": "lost"}, "crashed", "sandbox ended"),
+    ],
 )
-def test_score_survives_any_results_lines(lines: list[dict[str, Any]]) -> None:
-    lessons = load_lessons(INSTRUCTOR)
-    cells = [Cell("c", "", "check", "98.1")]
-    submission = mock.Mock(
-        cells=cells, hidden=[], lesson=lessons[98], learner="x", path="x", sha256="0", tampered=[]
+def test_how_a_job_ended_is_named_as_the_docs_table_says(
+    ending: dict[str, Any], stop: str, phrase: str, tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    submission = _submission(tmp_path, lessons)
+    plan = _plan(submission)
+    job = plan.jobs[0]
+    report = read_result(
+        job, _result(job, {"cell": job.cells[-1]}, **ending), plan, 60, Limits(), KEY
     )
-    grade = score(submission, SandboxResult("completed", cells=[CellRun("c", True, results=lines)]))
-    assert all(0 <= e.points <= e.max_points for e in grade.exercises)
+    assert report.stop == stop
+    assert phrase in report.reason
+    assert report.at == job.cells[-1]
+
+
+def test_exercises_with_instructor_material_earn_nothing(
+    tmp_path: Path, lessons: dict[int, Lesson]
+) -> None:
+    notebook = lesson98.instructor()
+    path = write(tmp_path / "eve.ipynb", notebook)
+    assert set(load_submission(path, lessons).forbidden) == {"98.1"}  # its hidden cell
+    notebook["metadata"]["labkit"]["version"] = "instructor"
+    path = write(tmp_path / "eve.ipynb", notebook)
+    submission = load_submission(path, lessons)
+    assert set(submission.forbidden) == {"98.1", "98.2"}
+    plan = make_plan(
+        submission.cells,
+        submission.lesson.cells,
+        submission.lesson.calls,
+        skip=submission.forbidden,
+    )
+    assert plan.jobs == []
+    grade = score(submission, plan, {})
+    assert [(e.points, e.status) for e in grade.exercises] == [(0, "tampered"), (0, "tampered")]
+    assert any("hidden check cell 'ex1-hidden'" in t for t in grade.tampering)
 
 
 # -- progress and the command line --------------------------------------------------------
@@ -509,16 +619,12 @@ def mangled(draw: st.DrawFn) -> bytes:
     return data
 
 
-def _fake_run(cells: Any, hidden: Any, limits: Limits, *, hide: Any = ()) -> SandboxResult:
-    runs = [
-        CellRun(
-            c.id,
-            True,
-            results=[_line(c.exercise, 1, 1)] if c.exercise and c.kind != "learner" else [],
-        )
-        for c in [*cells, *hidden]
-    ]
-    return SandboxResult("completed", cells=runs)
+def _fake_grade(submission: Submission, limits: Limits, hide: Any = ()) -> Grade:
+    """Plan and score for real; only the sandbox is left out (every job "replies" correctly)."""
+    lesson = submission.lesson
+    plan = make_plan(submission.cells, lesson.cells, lesson.calls, skip=submission.forbidden)
+    reports = _replies(plan, check=_observed(lesson98.REFERENCES), correct=PASSED, mutant=FAILED)
+    return score(submission, plan, reports)
 
 
 def _grade_mangled(tmp_path: Path, data: bytes) -> int:
@@ -539,7 +645,7 @@ def _grade_mangled(tmp_path: Path, data: bytes) -> int:
             book.record(earlier)
     path = tmp_path / "mallory.ipynb"
     path.write_bytes(data)
-    with mock.patch("labkit.course.grading.grader.run_cells", _fake_run):
+    with mock.patch("labkit.course.grading.grader.grade_submission", _fake_grade):
         code, _, err = _grade(tmp_path, path, extra=("--regrade",))
     assert code in (0, 1), err
     assert "Traceback" not in err
@@ -636,3 +742,50 @@ def test_learner_option_names_a_single_notebook(tmp_path: Path, lessons: dict[in
     code, _, err = _grade(tmp_path, path, other, extra=("--learner", "zoe"))
     assert code == 2
     assert "--learner names one learner, but 2 notebooks were given" in err
+
+
+def test_a_real_lesson_02_notebook_labelled_lesson_0_is_refused(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    lessons = load_lessons(root / "instructor")
+    notebook = json.loads((root / "notebooks" / "02-virtual-time.ipynb").read_text())
+    notebook["metadata"]["labkit"]["lesson"] = 0
+    path = write(tmp_path / "sneaky.ipynb", notebook)
+    with pytest.raises(SubmissionError) as caught:
+        load_submission(path, lessons)
+    assert str(caught.value) == (
+        f"{path}: a notebook from a different lesson: its cells are those of 02-virtual-time, "
+        "but its metadata says lesson 0; submit 00-getting-started.ipynb, or grade it with "
+        "--lesson 2"
+    )
+
+
+def test_a_lesson_whose_modules_are_missing_is_refused_in_one_line_and_nothing_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lesson98, "SETUP", lesson98.SETUP + "\nimport labkit_absent_module")
+    instructor = lesson98.write_instructor(tmp_path / "instructor")
+    for name in ("ann", "bob"):
+        write(tmp_path / "in" / f"{name}.ipynb", lesson98.learner(**lesson98.SUBMISSIONS["solved"]))
+    argv = [
+        "grade",
+        str(tmp_path / "in"),
+        "--instructor",
+        str(instructor),
+        "--gradebook",
+        str(tmp_path / "book.sqlite"),
+        "--feedback",
+        str(tmp_path / "fb"),
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    assert code == 2
+    (line,) = [x for x in err.getvalue().splitlines() if x.startswith("labkit grade:")]
+    assert line.startswith(
+        "labkit grade: lesson 98 cannot be graded on this machine: its cells import "
+        "labkit_absent_module, which this Python cannot find; install"
+    )
+    assert "2 notebook(s) not graded, nothing recorded" in line
+    with Gradebook(tmp_path / "book.sqlite") as book:
+        assert book.count() == 0
+        assert book.rejections() == []

@@ -36,12 +36,14 @@ CHECK = """\
 def doubles_three():
     "double(3) is 6"
     assert double(3) == 6
+    return double(3)
 
 check("7.1", doubles_three)
 """
 HIDDEN = """\
 def doubles_zero():
     assert double(0) == 0
+    return double(0)
 
 check("7.1", doubles_zero, hidden=True, points=2)
 """
@@ -240,6 +242,7 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "instructor" / "manifest.json").read_text())
     assert manifest["lessons"]["03"] == {"file": "03-other.ipynb"}  # another lesson's entry stays
     entry = manifest["lessons"]["07"]
+    calls = entry["exercises"]["7.1"].pop("calls")
     assert entry["exercises"] == {
         "7.1": {
             "points": 3,
@@ -248,6 +251,15 @@ def test_build_writes_both_versions_and_the_manifest(tmp_path: Path) -> None:
             "hidden_cells": ["ex1-hidden"],
         }
     }
+    # The grader's plan: each call, its points, and what the solution's checks returned.
+    assert [(c["cell"], c["hidden"], c["points"]) for c in calls] == [
+        ("ex1-check", False, 1.0),
+        ("ex1-hidden", True, 2.0),
+    ]
+    assert [(x["title"], x["shows"]) for c in calls for x in c["checks"]] == [
+        ("double(3) is 6", "6"),
+        ("doubles zero", "0"),
+    ]
     assert entry["cells"] == ["intro", "setup", "ex1-solution", "ex1-check", "ex1-hidden"]
     assert entry["locked"]["ex1-check"] == locked_hash(CHECK)
     assert "ex1-solution" not in entry["locked"]
@@ -276,6 +288,44 @@ def test_outputs_nbval_does_not_check_are_not_stored(tmp_path: Path) -> None:
     assert cells["measured"].metadata["tags"] == ["nbval-ignore-output"]
     assert cells["measured"].source == "print('measured: 0.123 s')"
     assert cells["stable"].outputs[0]["text"] == "stable\n"
+
+
+@pytest.mark.parametrize(
+    ("returns", "problem"),
+    [
+        ("", "returns only None or booleans"),
+        ("return double(3) == 6", "returns only None or booleans"),
+        ("return {'ok': [True, None]}", "returns only None or booleans"),
+        ("return {1, 2}", "is a set, which is not plain data"),
+    ],
+)
+def test_a_check_that_returns_no_observation_is_refused_saying_what_to_return(
+    tmp_path: Path, returns: str, problem: str
+) -> None:
+    check = (
+        f"def doubles_three():\n    assert double(3) == 6\n    {returns}\n\n"
+        'check("7.1", doubles_three)\n'
+    )
+    cells = _good_cells()
+    cells[3] = _cell("code", check, "ex1-check", exercise="7.1", role="check")
+    _lesson(tmp_path, cells)
+    with pytest.raises(LessonError) as caught:
+        build(find_lessons(tmp_path))
+    message = str(caught.value)
+    assert "cell ex1-check: the check doubles_three()" in message
+    assert problem in message
+    assert "must return the plain-data value it asserted on" in message
+    assert "e.g. `return elapsed`" in message
+
+
+def test_a_check_cell_the_grader_cannot_plan_is_refused_before_it_runs(tmp_path: Path) -> None:
+    cells = _good_cells()
+    cells[3] = _cell(
+        "code", 'check("7.1", lambda: double(3))\nx = 1', "ex1-check", exercise="7.1", role="check"
+    )
+    _lesson(tmp_path, cells)
+    with pytest.raises(LessonError, match="must end with one check"):
+        find_lessons(tmp_path)[0] and build(find_lessons(tmp_path))
 
 
 def test_a_cell_that_fails_names_the_lesson_cell_and_error(

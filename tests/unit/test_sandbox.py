@@ -1,206 +1,316 @@
-"""The sandbox runs untrusted cells in a limited child process and reports every way it ends."""
+"""The sandbox isolates each submission: its own user, processes, network, files and disk."""
 
 from __future__ import annotations
 
+import hmac
 import os
-import shutil
+import secrets
+import socket
 import tempfile
+import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from labkit.course.grading.sandbox import Cell, Limits, SandboxResult, run_cells
+from labkit.course.grading import sandbox as sandbox_module
+from labkit.course.grading.sandbox import Limits, Sandbox, isolation, remove_stale_folders
+from labkit.course.grading.wire import decode
 
-FAST = Limits(wall=60, cpu=30, memory_mb=1024, cell=2)
-CHECK = 'from labkit.course.exercise import check\ncheck("1.1", lambda: None)'
+ROOT = Path(__file__).resolve().parents[2]
+FAST = Limits(wall=60, cpu=30, memory_mb=1024, cell=5, disk_mb=64)
+PRELOAD = ("IPython", "labkit.course")
+BWRAP = isolation().bwrap
+needs_bwrap = pytest.mark.skipif(
+    not BWRAP, reason="no working bubblewrap here (install it: sudo apt-get install bubblewrap)"
+)
 
 
-def by_id(result: SandboxResult) -> dict[str, object]:
-    return {run.id: run for run in result.cells}
+def learner(source: str, ident: str = "cell") -> dict[str, Any]:
+    return {"id": ident, "source": source, "kind": "learner", "protects": []}
 
 
-def test_cells_share_one_namespace_and_output_is_captured() -> None:
-    result = run_cells(
-        [Cell("a", "x = 20", "learner"), Cell("b", "print(x * 2 + 2)", "locked")], [], FAST
-    )
-    assert result.outcome == "completed"
-    assert [(run.id, run.ok, run.output) for run in result.cells] == [
-        ("a", True, ""),
-        ("b", True, "42\n"),
+def probe_spec(body: str) -> dict[str, Any]:
+    """A check job whose one check runs ``body`` and returns what it observed."""
+    source = "def probe():\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    return {"kind": "check", "define": [source], "checks": ["probe"], "loop_factory": ""}
+
+
+def run(sandbox: Sandbox, spec: dict[str, Any], cells: tuple[int, ...] = ()) -> Any:
+    """Run a job; return its observation (or the reply itself if it has none)."""
+    key = secrets.token_bytes(32)
+    result = sandbox.run(secrets.token_hex(4), spec, cells, 60, key)
+    assert result.status == "exit", result
+    replies = []
+    for signed in result.frames:
+        tag, payload = signed[:32], signed[32:]
+        assert hmac.compare_digest(tag, hmac.digest(key, payload, "sha256"))
+        replies.append(decode(payload))
+    reply = replies[-1]
+    items = reply.get("items") or []
+    if items and items[0]["status"] == "ok" and not items[0]["problem"]:
+        return items[0]["observation"]
+    return reply
+
+
+def test_a_job_runs_the_cells_then_its_checks_and_replies_signed_plain_data() -> None:
+    table = [
+        learner(
+            "import asyncio\nasync def triple(x):\n    await asyncio.sleep(1)\n    return 3 * x"
+        )
     ]
+    spec = probe_spec("import asyncio\nreturn asyncio.run(triple(4))")
+    with Sandbox(FAST, table=table, preload=PRELOAD) as sandbox:
+        assert run(sandbox, spec, (0,)) == 12
+        again = run(sandbox, probe_spec("return 'triple' in globals()"), ())
+        assert again["items"][0]["problem"] == "returned only None or booleans"
 
 
-def test_top_level_await_and_magics_work_as_in_jupyterlab() -> None:
-    source = "import asyncio\nawait asyncio.sleep(0)\n%time y = 1"
-    result = run_cells([Cell("a", source, "learner")], [], FAST)
-    assert result.cells[0].ok, result.cells[0].error
-
-
-def test_results_lines_count_only_in_check_and_hidden_cells() -> None:
-    cells = [
-        Cell("mine", CHECK, "learner", "1.1"),
-        Cell("visible", CHECK, "check", "1.1"),
-    ]
-    result = run_cells(cells, [Cell("secret", CHECK, "hidden", "1.1")], FAST)
-    runs = by_id(result)
-    assert runs["mine"].results == []  # type: ignore[attr-defined]
-    assert [r["status"] for r in runs["visible"].results] == ["solved"]  # type: ignore[attr-defined]
-    assert [r["status"] for r in runs["secret"].results] == ["solved"]  # type: ignore[attr-defined]
-
-
-def test_endless_loop_costs_one_cell_and_the_rest_still_runs() -> None:
-    cells = [Cell("spin", "while True:\n    pass", "learner"), Cell("after", "z = 1", "learner")]
-    result = run_cells(cells, [], FAST)
-    runs = by_id(result)
-    assert result.outcome == "completed"
-    assert "limit per cell" in runs["spin"].error  # type: ignore[attr-defined]
-    assert runs["after"].ok  # type: ignore[attr-defined]
-
-
-def test_memory_bomb_and_sys_exit_fail_their_cell_only() -> None:
-    cells = [
-        Cell("bomb", "hog = bytearray(4 * 1024**3)", "learner"),
-        Cell("exit", "import sys\nsys.exit(1)", "learner"),
-        Cell("after", "print('still here')", "learner"),
-    ]
-    result = run_cells(cells, [], FAST)
-    runs = by_id(result)
-    assert runs["bomb"].error.startswith("MemoryError")  # type: ignore[attr-defined]
-    assert runs["exit"].error.startswith("SystemExit")  # type: ignore[attr-defined]
-    assert runs["after"].output == "still here\n"  # type: ignore[attr-defined]
-
-
-def test_os_exit_is_reported_with_the_cell_that_did_it() -> None:
-    cells = [Cell("ok", "a = 1", "learner"), Cell("quit", "import os\nos._exit(0)", "learner")]
-    result = run_cells(cells, [Cell("h", CHECK, "hidden", "1.1")], FAST)
-    assert result.outcome == "exited"
-    assert result.stopped_at == "quit"
-    assert "os._exit" in result.reason
-    assert [run.id for run in result.cells] == ["ok"]
-
-
-def test_a_crashing_interpreter_is_reported_as_a_crash() -> None:
-    source = "import ctypes\nctypes.string_at(0)"
-    result = run_cells([Cell("segv", source, "learner")], [], FAST)
-    assert result.outcome == "crashed"
-    assert "SIGSEGV" in result.reason
-    assert result.stopped_at == "segv"
-
-
-def test_wall_time_limit_stops_a_cell_that_ignores_the_per_cell_alarm() -> None:
-    source = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"
-    limits = Limits(wall=4, cpu=30, memory_mb=1024, cell=1)
-    result = run_cells([Cell("stubborn", source, "learner")], [], limits)
-    assert result.outcome in ("timeout", "cpu")
-    assert result.stopped_at == "stubborn"
-
-
-def test_cpu_time_limit_kills_a_busy_child() -> None:
-    source = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"
-    limits = Limits(wall=60, cpu=1, memory_mb=1024, cell=1)
-    result = run_cells([Cell("burn", source, "learner")], [], limits)
-    assert result.outcome == "cpu"
-    assert "CPU-time limit" in result.reason
-
-
-def test_environment_is_scrubbed_and_results_path_is_hidden(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("LABKIT_TEST_SECRET", "do-not-leak")
-    source = "import os\nprint(sorted(k for k in os.environ if 'SECRET' in k or 'RESULTS' in k))"
-    result = run_cells([Cell("env", source, "learner")], [], FAST)
-    assert result.cells[0].output == "[]\n"
-
-
-def test_hidden_cells_are_not_readable_while_learner_code_runs() -> None:
-    # The learner cell drains every descriptor it can find, lists its directory and searches
-    # every object in the interpreter for cell sources (the grader's cells, dicts in lists).
-    snoop = (
-        "import gc, os\n"
-        "seen = []\n"
-        "for o in gc.get_objects():\n"
-        "    if 'source' in getattr(type(o), '__dataclass_fields__', ()):\n"
-        "        seen.append(o.source)\n"
-        "    elif isinstance(o, list):\n"
-        "        seen += [str(x.get('source')) for x in o if isinstance(x, dict)]\n"
-        "for fd in range(0, 64):\n"
-        "    try:\n"
-        "        os.set_blocking(fd, False)\n"
-        "        seen.append(os.read(fd, 1 << 20).decode(errors='replace'))\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "seen += os.listdir('.')\n"
-        "print('MARK' + 'ER' in ''.join(seen))"
-    )
-    hidden = Cell("h", "MARKER = 1\n" + CHECK, "hidden", "1.1")
-    result = run_cells([Cell("snoop", snoop, "learner")], [hidden], FAST)
-    runs = by_id(result)
-    assert runs["snoop"].output.strip() == "False"  # type: ignore[attr-defined]
-    assert runs["h"].ok  # type: ignore[attr-defined]
-    # The seeded bug: the same cell sent with the learner's cells would be found.
-    leaked = run_cells(
-        [Cell("snoop", snoop, "learner"), Cell("h", hidden.source, "locked")], [], FAST
-    )
-    assert leaked.cells[0].output.strip() == "True"
-
-
-def test_patching_the_grading_functions_is_undone_and_reported() -> None:
-    cells = [
-        Cell("setup", "from labkit.course.exercise import check", "locked"),
-        Cell(
-            "cheat",
-            "import labkit.course.exercise as ex\n"
-            "ex.check = lambda *a, **k: None\n"
-            "check = lambda *a, **k: None\n"
-            "ex.check_test.__code__ = (lambda *a, **k: None).__code__",
-            "learner",
-        ),
-        Cell("visible", 'check("1.1", lambda: None)', "check", "1.1"),
-    ]
-    result = run_cells(cells, [], FAST)
-    assert [r["status"] for r in by_id(result)["visible"].results] == ["solved"]  # type: ignore[attr-defined]
-    joined = " ".join(result.tampering)
-    assert "labkit.course.exercise.check was replaced" in joined
-    assert "'check' was rebound" in joined
-    assert "code of labkit.course.exercise.check_test" in joined
-
-
-def test_a_cell_that_stays_honest_raises_no_tampering() -> None:
-    cells = [
-        Cell("setup", "from labkit.course.exercise import check", "locked"),
-        Cell(
-            "tune",
-            "import labkit.course.exercise\nlabkit.course.exercise.DEFAULT_TIME_LIMIT = 5",
-            "locked",
-        ),
-        Cell("mine", "def helper():\n    return 1", "learner"),
-        Cell("visible", 'check("1.1", lambda: None)', "check", "1.1"),
-    ]
-    assert run_cells(cells, [], FAST).tampering == []
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="isolation beyond limits needs root")
-def test_as_root_the_child_runs_as_nobody_without_network_or_hidden_paths() -> None:
-    # Readable by everyone (unlike pytest's tmp_path), so only the sandbox's mount can hide it.
-    secret = Path(tempfile.mkdtemp(prefix="labkit-instructor-"))
-    secret.chmod(0o755)
+@needs_bwrap
+def test_a_sandbox_has_its_own_user_processes_network_and_files(tmp_path: Path) -> None:
+    secret = tmp_path / "instructor"
+    secret.mkdir()
     (secret / "answers.txt").write_text("42")
-    (secret / "answers.txt").chmod(0o644)
-    source = (
-        "import os, socket\n"
-        f"print(os.getuid(), os.listdir({str(secret)!r}))\n"
-        "try:\n"
-        "    socket.create_connection(('192.0.2.1', 80), timeout=2)\n"
-        "except OSError as exc:\n"
-        "    print('no network:', type(exc).__name__)\n"
+    spec = probe_spec(
+        """
+        import os, socket
+        try:
+            socket.create_connection(("192.0.2.1", 80), timeout=2)
+            network = "reachable"
+        except OSError as error:
+            network = type(error).__name__
+        writable = []
+        places = ("/etc/x", "/usr/x", "/x", "/sandbox/work/x", "/tmp/x", "/var/tmp/x", "/dev/shm/x")
+        for path in places:
+            try:
+                with open(path, "w") as stream:
+                    stream.write("x")
+                writable.append(path)
+            except OSError:
+                pass
+        return {
+            "uid": os.getuid(),
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "root": sorted(os.listdir("/")),
+            "secret": os.path.exists(SECRET),
+            "kit": os.path.exists(INSTRUCTOR) or os.path.exists(LESSONS),
+            "network": network,
+            "writable": writable,
+            "env": sorted(os.environ),
+        }
+        """.replace("SECRET", repr(str(secret)))
+        .replace("INSTRUCTOR", repr(str(ROOT / "instructor")))
+        .replace("LESSONS", repr(str(ROOT / "lessons")))
+    )
+    with Sandbox(FAST, preload=PRELOAD) as first, Sandbox(FAST, preload=PRELOAD) as second:
+        seen = [run(first, spec), run(second, spec)]
+    for observed in seen:
+        assert observed["uid"] != os.getuid() or not isolation().own_uid
+        assert observed["pids"][0] == 1  # the zygote is the namespace's init
+        assert len(observed["pids"]) == 2  # and the job is the only other process
+        assert observed["secret"] is False
+        assert observed["kit"] is False  # instructor/ and lessons/ are simply not there
+        assert observed["network"] in ("OSError", "ConnectionRefusedError", "TimeoutError")
+        assert observed["writable"] == ["/sandbox/work/x", "/tmp/x", "/var/tmp/x", "/dev/shm/x"]
+        assert "LABKIT_RESULTS" not in observed["env"]
+        assert not any("SECRET" in name or "TOKEN" in name for name in observed["env"])
+    if isolation().own_uid:
+        assert seen[0]["uid"] != seen[1]["uid"]  # two sandboxes at once never share a uid
+
+
+@needs_bwrap
+def test_the_whole_sandbox_has_one_disk_quota() -> None:
+    spec = probe_spec(
+        """
+        written = 0
+        try:
+            for number in range(10):
+                with open(f"/tmp/part{number}", "wb") as stream:
+                    for _ in range(60):
+                        stream.write(b"x" * 1024 * 1024)
+                        written += 1
+        except OSError as error:
+            return {"written_mb": written, "error": type(error).__name__, "errno": error.errno}
+        return {"written_mb": written}
+        """
+    )
+    with Sandbox(FAST, preload=PRELOAD) as sandbox:
+        observed = run(sandbox, spec)
+        after = run(sandbox, probe_spec("import os\nreturn {'files': os.listdir('/tmp'), 'n': 0}"))
+    assert observed["errno"] == 28  # ENOSPC: 600 MB over ten files stops at the 64 MB quota
+    assert observed["written_mb"] <= FAST.disk_mb
+    assert after == {"files": [], "n": 0}  # and the next job starts with an empty /tmp
+
+
+@needs_bwrap
+def test_a_host_unix_socket_is_out_of_reach() -> None:
+    path = Path(tempfile.gettempdir()) / f"labkit-test-{secrets.token_hex(4)}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    spec = probe_spec(
+        f"""
+        import socket
+        client = socket.socket(socket.AF_UNIX)
+        try:
+            client.connect({str(path)!r})
+            return "connected"
+        except OSError as error:
+            return type(error).__name__
+        """
     )
     try:
-        result = run_cells([Cell("peek", source, "learner")], [], FAST, hide=[secret])
-        unhidden = run_cells([Cell("peek", source, "learner")], [], FAST)
+        with Sandbox(FAST, preload=PRELOAD) as sandbox:
+            assert run(sandbox, spec) == "FileNotFoundError"
     finally:
-        shutil.rmtree(secret)
-    assert unhidden.cells[0].output.startswith("65534 ['answers.txt']")
-    lines = result.cells[0].output.splitlines()
-    assert lines[0] == "65534 []"
-    assert lines[1].startswith("no network")
-    assert any("nobody" in item for item in result.isolation)
+        server.close()
+        path.unlink()
+
+
+@needs_bwrap
+def test_a_job_cannot_open_the_zygotes_descriptors() -> None:
+    spec = probe_spec(
+        """
+        import os
+        zygote = os.getppid()
+        assert zygote == 1
+        found = []
+        for path in (f"/proc/{zygote}/fd", f"/proc/{zygote}/fd/1", f"/proc/{zygote}/mem"):
+            try:
+                if path.endswith("/fd"):
+                    os.listdir(path)
+                else:
+                    open(path, "rb").close()
+                found.append(path + ": open")
+            except OSError as error:
+                found.append(type(error).__name__)
+        return found
+        """
+    )
+    with Sandbox(FAST, preload=PRELOAD) as sandbox:
+        assert run(sandbox, spec) == ["PermissionError"] * 3
+
+
+@needs_bwrap
+def test_an_escapee_does_not_outlive_its_job_nor_its_sandbox() -> None:
+    escape = learner(
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        while True:\n"
+        "            with open('/tmp/escapee', 'a') as stream:\n"
+        "                stream.write(str(os.getpid()))\n"
+        "            time.sleep(0.01)\n"
+        "    os._exit(0)\n"
+    )
+    spec = probe_spec(
+        """
+        import os
+        return {"pids": len([p for p in os.listdir("/proc") if p.isdigit()]),
+                "files": sorted(os.listdir("/tmp"))}
+        """
+    )
+    with Sandbox(FAST, table=[escape], preload=PRELOAD) as sandbox:
+        run(sandbox, probe_spec("return 1"), (0,))
+        observed = run(sandbox, spec)
+        uid = sandbox.uid
+    assert observed == {"pids": 2, "files": []}  # the zygote and this job: nobody else
+    if isolation().own_uid and uid is not None:
+        assert _processes_of(uid) == []
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                status = Path(f"/proc/{name}/status").read_text()
+            except OSError:
+                continue
+            line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            if int(line.split()[1]) == uid:
+                found.append(int(name))
+    return found
+
+
+@needs_bwrap
+def test_one_learner_cannot_kill_or_poison_another() -> None:
+    """A job that kills every process it may and fills its disk leaves the other sandbox whole."""
+    attack = probe_spec(
+        """
+        import os, signal
+        try:
+            with open("/tmp/fill", "wb") as stream:
+                while True:
+                    stream.write(b"x" * 1024 * 1024)
+        except OSError:
+            pass
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != os.getpid():
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid in (-1, 0):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        return "done"
+        """
+    )
+    honest = probe_spec("return sum(range(10))")
+    with Sandbox(FAST, preload=PRELOAD) as victim, Sandbox(FAST, preload=PRELOAD) as mallory:
+        assert run(victim, honest) == 45
+        result = mallory.run("attack", attack, (), 60, b"k" * 32)
+        assert result.status in ("exit", "signal")  # kill(0, ...) ends the job itself
+        assert result.signal in (None, 15)
+        assert run(mallory, honest) == 45
+        assert run(victim, honest) == 45  # and the other learner's sandbox never noticed
+
+
+def test_stale_folders_of_a_dead_grader_are_removed_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_module, "_lock_dir", lambda: tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    folders = tmp_path / "folders"
+    dead = folders / "sb-1-dead"
+    (dead / "work" / "locked").mkdir(parents=True)
+    (dead / ".lock").write_text("")
+    (dead / "work" / "link").symlink_to(outside)
+    (dead / "work" / "locked").chmod(0)
+    live = folders / "sb-2-live"
+    live.mkdir()
+    handle = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
+    import fcntl
+
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    locker = threading.Thread(target=lambda: None)
+    locker.start()
+    locker.join()
+    try:
+        removed = remove_stale_folders()
+    finally:
+        os.close(handle)
+    assert removed == [dead]
+    assert not dead.exists()
+    assert live.is_dir()
+    assert outside.read_text() == "keep me"
+
+
+def test_without_bubblewrap_the_banner_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)
+    try:
+        info = isolation(refresh=True)
+        assert info.bwrap == ""
+        assert any("install bubblewrap" in line for line in info.missing)
+        assert any("instructor files" in line for line in info.missing)
+    finally:
+        monkeypatch.undo()
+        isolation(refresh=True)

@@ -48,8 +48,9 @@ def render_markdown(grade: Grade) -> str:
         lines += [f"> **The run stopped early ({grade.outcome}):** {grade.reason}", ""]
     if grade.tampering:
         lines += [
-            "> **Tampered:** the notebook changed what it must leave as it is; "
-            "it was graded with the lesson's originals:",
+            "> **Tampered:** the notebook changed what it must leave as it is (those cells "
+            "were graded as the lesson's originals), carries instructor-only material, or "
+            "reaches into the grading machinery (those exercises earn no points):",
             ">",
         ]
         lines += [f"> - {what}" for what in grade.tampering]
@@ -114,7 +115,9 @@ def render_html(grade: Grade) -> str:
         items = "".join(f"<li>{esc(t)}</li>" for t in grade.tampering)
         parts.append(
             '<div class="warn"><strong>Tampered:</strong> the notebook changed what it must '
-            f"leave as it is; it was graded with the lesson's originals:<ul>{items}</ul></div>"
+            "leave as it is (those cells were graded as the lesson's originals), carries "
+            "instructor-only material, or reaches into the grading machinery (those exercises "
+            f"earn no points):<ul>{items}</ul></div>"
         )
     parts.append("<table><tr><th>exercise</th><th>points</th><th>status</th></tr>")
     for e in grade.exercises:

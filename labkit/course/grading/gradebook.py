@@ -16,9 +16,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import json
+import os
 import sqlite3
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +28,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-__all__ = ["ExerciseGrade", "Grade", "Gradebook", "configure", "run"]
+__all__ = [
+    "ExerciseGrade",
+    "Grade",
+    "Gradebook",
+    "GradebookError",
+    "configure",
+    "export_csv",
+    "run",
+    "spreadsheet_safe",
+    "table",
+]
 
 DEFAULT_PATH = Path("gradebook.sqlite")
 _SCHEMA_VERSION = "1"
@@ -77,9 +89,11 @@ CREATE TABLE IF NOT EXISTS rejections (
 class ExerciseGrade:
     """One exercise's result in one submission: points, status, and why points were lost.
 
-    ``status`` is ``solved``, ``partly solved``, ``failed``, ``not solved yet`` or
-    ``not graded`` (the run stopped before its checks finished). ``caught`` and ``missed`` list
-    the buggy implementations a test-writing exercise's test caught and missed.
+    ``status`` is ``solved``, ``partly solved``, ``failed``, ``not solved yet``, ``not graded``
+    (the run stopped before its checks finished) or ``tampered`` (no points: the notebook
+    carries instructor material, or code that reaches into the grading machinery).
+    ``caught`` and ``missed`` list the buggy implementations a test-writing exercise's test
+    caught and missed.
 
     Example::
 
@@ -130,6 +144,7 @@ class Grade:
     seconds: float = 0.0
     graded_at: str = ""
     isolation: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
     @property
     def points(self) -> float:
@@ -165,6 +180,7 @@ class Gradebook:
         self.path = path
         try:
             self.db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            self._refuse_foreign()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -173,9 +189,38 @@ class Gradebook:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,)
             )
         except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self.db.close()
             raise GradebookError(
                 f"{path}: not a labkit gradebook ({exc}); choose another --gradebook path"
             ) from exc
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a SQLite file that holds something else: never add tables to it."""
+        tables = {
+            row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            return
+        ours = {"meta", "learners", "submissions", "results", "rejections"}
+        schema = None
+        if "meta" in tables:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                schema = row[0] if row else None
+        if schema is None or not tables <= ours:
+            others = ", ".join(sorted(tables - ours)[:3]) or ", ".join(sorted(tables)[:3])
+            self.db.close()
+            raise GradebookError(
+                f"{self.path}: a SQLite database of something else (tables: {others}), not a "
+                "labkit gradebook; choose another --gradebook path"
+            )
+        if schema != _SCHEMA_VERSION:
+            self.db.close()
+            raise GradebookError(
+                f"{self.path}: a labkit gradebook of schema {schema}, this labkit reads schema "
+                f"{_SCHEMA_VERSION}; use the labkit that wrote it, or another --gradebook path"
+            )
 
     def __enter__(self) -> Gradebook:
         return self
@@ -325,14 +370,39 @@ class GradebookError(Exception):
 # -- export and display -------------------------------------------------------------------
 
 
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (a formula) is quoted.
+
+    A learner named ``=HYPERLINK(...)`` would otherwise become a live formula in the
+    instructor's spreadsheet (CSV injection); the leading apostrophe makes it plain text.
+
+    Example::
+
+        assert spreadsheet_safe("=1+2") == "'=1+2" and spreadsheet_safe(3) == 3
+    """
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    def __init__(self, stream: TextIO) -> None:
+        self.writer = csv.writer(stream, lineterminator="\n")
+
+    def writerow(self, row: list[object]) -> None:
+        self.writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+
 def export_csv(grades: list[Grade], stream: TextIO, *, wide: bool = False) -> None:
     """Write grades as CSV: one row per exercise (long), or one row per learner and lesson (wide).
+
+    Text cells that a spreadsheet would run as formulas are escaped (:func:`spreadsheet_safe`).
 
     Example::
 
         export_csv(book.latest(), sys.stdout, wide=True)
     """
-    writer = csv.writer(stream, lineterminator="\n")
+    writer = _SafeWriter(stream)
     if wide:
         exercises = sorted({e.exercise for g in grades for e in g.exercises}, key=_exercise_key)
         writer.writerow(
@@ -499,13 +569,20 @@ def run(args: argparse.Namespace) -> int:
     except GradebookError as exc:
         print(f"labkit gradebook: {exc}", file=sys.stderr)
         return 2
-    with _output(args.output) as stream:
-        if args.action == "export":
-            export_csv(grades, stream, wide=args.wide)
-        else:
-            stream.write((table(grades) or "no grades yet") + "\n")
-            for file, reason in rejected:
-                stream.write(f"rejected: {reason or file}\n")
+    try:
+        with _output(args.output) as stream:
+            if args.action == "export":
+                export_csv(grades, stream, wide=args.wide)
+            else:
+                stream.write((table(grades) or "no grades yet") + "\n")
+                for file, reason in rejected:
+                    stream.write(f"rejected: {reason or file}\n")
+            stream.flush()
+    except BrokenPipeError:
+        # `labkit gradebook export | head`: the reader has what it wanted; end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -1,36 +1,35 @@
-"""The sandbox: run a learner's notebook cells in a child process with limits, then hidden cells.
+"""The sandbox: one isolated process tree per submission, running its jobs, reporting plain data.
 
-A learner's notebook is untrusted code. :func:`run_cells` starts a fresh Python process (``python
--I -m labkit.course.grading.sandbox``) in an empty temporary directory with a scrubbed environment,
-limits its CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``), file sizes and wall time, and
-sends it the learner's cells over a pipe. Only when every learner cell has run does it send the
-hidden cells, so they are never in the child's files, arguments or environment while learner code
-runs. When the grader runs as root the child also gets its own mount and network namespaces (the
-instructor files, the lesson sources and the gradebook are covered by empty mounts; there is no
-network but a private loopback) and then drops to the user ``nobody``.
+A learner's notebook is untrusted code. :class:`Sandbox` starts, per submission, a zygote
+(:mod:`~labkit.course.grading.zygote`) inside Debian's **bubblewrap** (``bwrap``) and sends it
+jobs one at a time; each job runs in a fresh process forked from the zygote, and what comes back
+is framed plain data (:mod:`~labkit.course.grading.wire`) that the grader decodes strictly.
 
-Each cell runs in an IPython shell (so magics and top-level ``await`` work as in JupyterLab)
-under a per-cell time limit. Results lines of the checks (``docs/exercises.md``) are read back
-per cell: only lines written while a locked check or hidden cell ran count.
+With bwrap, a sandbox has: its own user id (when the grader runs as root: a uid from a range,
+one lock file per slot, so two graders running at once never share one), its own PID namespace
+(no view of other processes, and every process dies with the sandbox, double-forked escapees
+included), no network (a private loopback; host Unix sockets are not mounted, abstract ones are
+per network namespace), private ``/tmp``, ``/var/tmp`` and ``/dev/shm``, a size-capped tmpfs as
+its only writable space (a disk quota for the whole sandbox), a root filesystem built from
+read-only binds of only what Python and labkit need (so instructor files, lesson sources, the
+gradebook and other submissions are simply not there), no new privileges and no nested user
+namespaces. Without bwrap, or where it cannot start (no unprivileged user namespaces), the
+zygote runs as a plain child process with limits only, and :func:`isolation` says which
+protections are missing; a killed grader's leftover folders are removed by the next run.
 
 Example::
 
-    cells = [Cell("c1", "x = 1", "learner"), Cell("c2", "assert x == 1", "locked")]
-    result = run_cells(cells, [], Limits(wall=30))
-    assert result.outcome == "completed" and all(run.ok for run in result.cells)
+    with Sandbox(Limits(), plan, preload=["IPython", "pytest"]) as sandbox:
+        for job in plan.jobs:
+            result = sandbox.run(job)
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import io
-import json
+import fcntl
 import os
-import re
-import resource
+import pwd
 import secrets
 import selectors
 import shutil
@@ -40,32 +39,38 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 
-__all__ = ["Cell", "CellRun", "Limits", "SandboxResult", "run_cells", "stop_all"]
+from labkit.course.grading.wire import MAX_BYTES, WireError, decode, encode, frame
 
-CellKind = Literal["learner", "locked", "check", "hidden"]
-Outcome = Literal["completed", "timeout", "cpu", "crashed", "exited", "broken"]
+__all__ = [
+    "Isolation",
+    "JobResult",
+    "Limits",
+    "Sandbox",
+    "SandboxError",
+    "isolation",
+    "stop_all",
+]
 
-_MAX_CHANNEL = 16 * 1024 * 1024
-_MAX_OUTPUT = 4000
-_MAX_ERROR = 600
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_NOBODY = "nobody"
+UID_BASE = 61000
+UID_SLOTS = 1000
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _LIVE_LOCK = threading.Lock()
+_PROBE_LOCK = threading.Lock()
+_PROBED: dict[str, Isolation] = {}
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The resources one submission may use: wall and CPU seconds, memory, and time per cell.
+    """What one submission may use: wall and CPU seconds, memory, time per cell, disk.
 
     Example::
 
-        Limits(wall=120, cpu=90, memory_mb=1024, cell=30)
+        Limits(wall=120, cpu=90, memory_mb=1024, cell=30, disk_mb=128)
     """
 
     wall: float = 300.0
@@ -73,308 +78,790 @@ class Limits:
     memory_mb: int = 2048
     cell: float = 60.0
     file_mb: int = 64
+    disk_mb: int = 256
+
+
+class SandboxError(Exception):
+    """The sandbox could not start or stopped answering; the message says why, for a person.
+
+    ``environment`` is true when the cause is the grading machine (a module the lesson needs is
+    missing, bwrap failed), not the submission: such a run must not be recorded as a grade.
+    """
+
+    def __init__(self, message: str, *, environment: bool = False) -> None:
+        super().__init__(message)
+        self.environment = environment
+
+
+@dataclass
+class JobResult:
+    """How one job's process ended and the frames it wrote (still undecoded, untrusted).
+
+    ``status`` is ``exit`` (``code`` set), ``signal`` (``signal`` set), ``cpu`` (the submission's
+    CPU time was used up before the job could start) or ``lost`` (the sandbox itself ended).
+    ``killed`` is ``wall`` or ``flood`` when the zygote stopped the process.
+
+    Example::
+
+        result = sandbox.run(job)
+        print(result.status, len(result.frames))
+    """
+
+    frames: list[bytes] = field(default_factory=list)
+    status: str = "lost"
+    code: int | None = None
+    signal: int | None = None
+    cpu: float = 0.0
+    cpu_limit: float = 0.0
+    killed: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One code cell to run: its stable id, its source, its kind and its exercise (if any).
-
-    ``kind`` is ``learner`` (the learner's own code), ``locked`` (given code, run as the
-    instructor wrote it), ``check`` (a visible check) or ``hidden`` (a hidden check).
+class Isolation:
+    """What this machine's sandboxes get: whether bwrap works, and the lines for the banner.
 
     Example::
 
-        Cell("ex-4-1-check", 'check("4.1", ...)', "check", exercise="4.1")
+        print("sandbox: " + "; ".join(isolation().applied))
     """
 
-    id: str
-    source: str
-    kind: CellKind
-    exercise: str | None = None
+    bwrap: str
+    own_uid: bool
+    applied: tuple[str, ...]
+    missing: tuple[str, ...]
+    disable_userns: bool = True
 
 
-@dataclass
-class CellRun:
-    """What happened when one cell ran: success, the error, its output and its results lines.
-
-    Example::
-
-        run = result.cells[0]
-        print(run.id, "ok" if run.ok else run.error)
-    """
-
-    id: str
-    ok: bool
-    error: str = ""
-    output: str = ""
-    results: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
+# -- what the sandbox mounts ------------------------------------------------------------------
 
 
-@dataclass
-class SandboxResult:
-    """How a submission's run ended, each cell that ran, and what the grader noticed.
+def _python_roots() -> list[str]:
+    """The folders the sandbox's Python must read: the installation, the venv, labkit."""
+    import labkit
 
-    ``outcome`` is ``completed`` or why the run stopped early (``timeout``, ``cpu``,
-    ``crashed``, ``exited``, ``broken``), with ``reason`` saying it in one sentence.
-    ``stopped_at`` is the id of the cell that was running when it stopped. ``tampering`` lists
-    attempts the runner caught and undid (patched grading functions, results written outside
-    check cells). ``isolation`` lists the protections that were in force.
-
-    Example::
-
-        if result.outcome != "completed":
-            print(f"stopped in cell {result.stopped_at}: {result.reason}")
-    """
-
-    outcome: Outcome
-    reason: str = ""
-    cells: list[CellRun] = field(default_factory=list)
-    stopped_at: str | None = None
-    tampering: list[str] = field(default_factory=list)
-    isolation: list[str] = field(default_factory=list)
+    roots = {sys.base_prefix, sys.prefix, str(Path(labkit.__file__).resolve().parent)}
+    real = os.path.realpath(sys.executable)
+    roots.add(str(Path(real).parent.parent))
+    resolved = sorted({os.path.realpath(r) for r in roots if os.path.isdir(r)})
+    return [r for r in resolved if not any(r != o and r.startswith(o + os.sep) for o in resolved)]
 
 
-# -- the parent side ------------------------------------------------------------------------
+def _system_roots() -> list[str]:
+    return [p for p in ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin") if os.path.lexists(p)]
 
 
-def run_cells(
-    cells: Sequence[Cell],
-    hidden: Sequence[Cell],
-    limits: Limits,
-    *,
-    hide: Sequence[Path] = (),
-) -> SandboxResult:
-    """Run ``cells`` and then ``hidden`` in a fresh sandboxed process; never raises for bad code.
+def _traversable(path: str, uid: int, gid: int) -> bool:
+    """Whether ``uid`` can reach ``path`` (every folder on the way lets it through)."""
+    current = Path(path)
+    for part in [current, *current.parents]:
+        try:
+            info = os.stat(part)
+        except OSError:
+            return False
+        if info.st_uid == uid:
+            needed = 0o100
+        elif info.st_gid == gid:
+            needed = 0o010
+        else:
+            needed = 0o001
+        if not info.st_mode & needed:
+            return False
+    return True
 
-    ``hide`` names files and directories the child must not see (instructor notebooks, lesson
-    sources, the gradebook); they are covered when the grader runs as root.
 
-    Example::
+def _etc_files(uid: int, gid: int) -> dict[str, bytes]:
+    return {
+        "/etc/passwd": f"learner:x:{uid}:{gid}:learner:/sandbox/work:/bin/false\n".encode(),
+        "/etc/group": f"learner:x:{gid}:\n".encode(),
+        "/etc/hosts": b"127.0.0.1 localhost\n::1 localhost\n",
+        "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+    }
 
-        result = run_cells([Cell("a", "while True: pass", "learner")], [], Limits(cell=1))
-        assert not result.cells[0].ok   # "the cell ran longer than 1 s"
-    """
-    workdir = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
+
+def _matplotlib_cache() -> Path | None:
+    """The grader's own matplotlib font cache, copied into sandboxes that use matplotlib."""
     try:
-        return _Parent(cells, hidden, limits, hide, workdir).run()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        import matplotlib
+    except ImportError:
+        return None
+    folder = Path(matplotlib.get_cachedir())
+    found = sorted(folder.glob("fontlist-v*.json"))
+    return found[-1] if found else None
 
 
-def _child_env(workdir: Path) -> dict[str, str]:
-    """The child's whole environment: nothing of the grader's is inherited."""
+SANDBOX = "/sandbox"
+SCRATCH = ["/sandbox/work", "/sandbox/tmp", "/sandbox/vartmp", "/sandbox/mpl", "/sandbox/ipython"]
+
+
+def _environment(home: str, tmp: str, mpl: str, ipython: str) -> dict[str, str]:
+    """The zygote's whole environment: nothing of the grader's is inherited."""
     bindir = str(Path(sys.executable).parent)
     return {
         "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
+        "HOME": home,
+        "TMPDIR": tmp,
+        "USER": "learner",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "MPLBACKEND": "Agg",
-        "MPLCONFIGDIR": str(workdir / ".matplotlib"),
-        "IPYTHONDIR": str(workdir / ".ipython"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "MPLCONFIGDIR": mpl,
+        "IPYTHONDIR": ipython,
         "MALLOC_ARENA_MAX": "2",
         # nbval's import builds a URI grammar (~5 s per process) and no lesson cell uses it.
         "PYTEST_ADDOPTS": "-p no:nbval",
     }
 
 
-class _Parent:
+# -- slots: one user id per running sandbox ---------------------------------------------------
+
+
+def _lock_dir() -> Path:
+    """The grader's own folder: /run/labkit-grade as root, else one in the temporary folder.
+
+    As root it must let the sandbox users through (the launcher's staging folder is inside);
+    what is private (slot locks, fallback folders) sits in subfolders only root can enter.
+    """
+    if os.geteuid() == 0:
+        base = Path("/run/labkit-grade")
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(base, 0o755)
+    else:
+        base = Path(tempfile.gettempdir()) / f"labkit-grade-{os.geteuid()}"
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return base
+
+
+class _Slot:
+    """A user id held for one sandbox: a lock file per uid, so concurrent graders never share.
+
+    The lock is released by the kernel if the grader dies, so a killed grader frees its slots;
+    before use, any process still running under the uid is killed.
+    """
+
+    def __init__(self) -> None:
+        folder = _lock_dir() / "slots"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        start = secrets.randbelow(UID_SLOTS)
+        for step in range(UID_SLOTS):
+            number = (start + step) % UID_SLOTS
+            uid = UID_BASE + number
+            with contextlib.suppress(KeyError):
+                pwd.getpwuid(uid)
+                continue  # a real user of this machine: never borrow it
+            handle = os.open(folder / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                continue
+            self.uid = uid
+            self.handle = handle
+            _kill_user(uid)
+            return
+        raise SandboxError("every sandbox user id is in use", environment=True)
+
+    def release(self) -> None:
+        """Give the uid back (after killing anything left under it)."""
+        _kill_user(self.uid)
+        with contextlib.suppress(OSError):
+            os.close(self.handle)
+
+
+def _kill_user(uid: int) -> None:
+    """Kill every process running under ``uid`` (a slot is only ever given to one sandbox)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            os.kill(int(name), signal.SIGKILL)
+                        break
+        except (OSError, ValueError):
+            continue
+
+
+# -- folders for the unsandboxed fallback -----------------------------------------------------
+
+_SWEPT = False
+_SWEEP_LOCK = threading.Lock()
+
+
+def _folders() -> Path:
+    folder = _lock_dir() / "folders"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def remove_stale_folders() -> list[Path]:
+    """Remove sandbox folders whose grader is gone (its lock is free); return what was removed.
+
+    Each folder holds a lock file its grader keeps locked; a folder whose lock can be taken
+    belongs to a grader that died (``kill -9``). Removal never follows symbolic links a
+    learner may have planted.
+
+    Example::
+
+        removed = remove_stale_folders()
+    """
+    removed: list[Path] = []
+    base = _folders()
+    if not base.is_dir():
+        return removed
+    for folder in sorted(base.iterdir()):
+        lock = folder / ".lock"
+        if folder.is_symlink() or not folder.is_dir():
+            with contextlib.suppress(OSError):
+                folder.unlink()
+            continue
+        try:
+            handle = os.open(lock, os.O_RDWR)
+        except OSError:
+            handle = -1
+        if handle >= 0:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                continue  # a live grader's folder
+        _make_writable(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if handle >= 0:
+            os.close(handle)
+        removed.append(folder)
+    return removed
+
+
+def _make_writable(folder: Path) -> None:
+    for root, dirs, _ in os.walk(folder, followlinks=False):
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700)
+
+
+# -- probing ------------------------------------------------------------------------------------
+
+
+def isolation(*, refresh: bool = False) -> Isolation:
+    """What sandboxes on this machine get (probed once per process: bwrap is started once).
+
+    Example::
+
+        info = isolation()
+        if info.missing:
+            print("not protected: " + "; ".join(info.missing))
+    """
+    with _PROBE_LOCK:
+        if "info" in _PROBED and not refresh:
+            return _PROBED["info"]
+        info = _probe()
+        _PROBED["info"] = info
+        return info
+
+
+def _probe() -> Isolation:
+    bwrap = shutil.which("bwrap") or ""
+    root = os.geteuid() == 0
+    common = (
+        "CPU, memory, file-size and wall-time limits",
+        "a scrubbed environment (nothing of the grader's)",
+        "hidden checks sent only to the job that runs them, never written to disk",
+    )
+    fallback_missing = (
+        "no separate user id, PID namespace or network namespace",
+        "instructor files, the gradebook and other submissions stay readable",
+        "/tmp is shared and there is no disk quota",
+    )
+    hint = (
+        "install bubblewrap (sudo apt-get install bubblewrap)"
+        if not bwrap
+        else "bwrap could not start here (it needs unprivileged user namespaces)"
+    )
+    if bwrap:
+        for disable in (True, False):
+            worked, detail = _try_bwrap(bwrap, root, disable)
+            if worked:
+                applied = [
+                    "bubblewrap sandbox per submission",
+                    "its own user id per sandbox" if root else "runs as your own user",
+                    "its own PID namespace (no view of other processes; nothing outlives it)",
+                    "no network (a private loopback only; host sockets unreachable)",
+                    "private /tmp, /var/tmp and /dev/shm in a size-capped tmpfs (disk quota)",
+                    "only Python and labkit mounted, read-only: instructor files, lessons, "
+                    "gradebook and other submissions are not there",
+                    *common,
+                ]
+                missing = [] if root else ["a separate user id per sandbox (grade as root)"]
+                if not disable:
+                    missing.append("nested user namespaces stay possible (bwrap before 0.8)")
+                return Isolation(bwrap, root, tuple(applied), tuple(missing), disable)
+            hint = f"bwrap could not start here: {detail}"
+    return Isolation(
+        "",
+        False,
+        ("a plain child process", *common),
+        (*fallback_missing, f"to get them: {hint}"),
+    )
+
+
+def _try_bwrap(bwrap: str, root: bool, disable_userns: bool) -> tuple[bool, str]:
+    """Start a trivial program the way sandboxes start; whether it worked, and why not."""
+    slot = _Slot() if root else None
+    uid = slot.uid if slot is not None else os.getuid()
+    fds: list[int] = []
+    try:
+        command, fds, user = _bwrap_command(
+            bwrap,
+            uid,
+            uid,
+            Limits(),
+            [sys.executable, "-I", "-S", "-c", "print(1)"],
+            hide=(),
+            disable_userns=disable_userns,
+        )
+        done = subprocess.run(
+            command,
+            pass_fds=fds,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={"PATH": "/usr/bin:/bin"},
+            **user,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if slot is not None:
+            slot.release()
+    if done.returncode == 0 and done.stdout.strip() == b"1":
+        return True, ""
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    return False, lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def _bwrap_command(
+    bwrap: str,
+    uid: int,
+    gid: int,
+    limits: Limits,
+    argv: Sequence[str],
+    *,
+    hide: Sequence[Path],
+    disable_userns: bool,
+    font_cache: Path | None = None,
+) -> tuple[list[str], list[int], dict[str, Any]]:
+    """The command that starts ``argv`` in a sandbox, the descriptors it needs, Popen options."""
+    root = os.geteuid() == 0
+    fds: list[int] = []
+    args = [
+        bwrap,
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        # The zygote is the namespace's init: it reaps every orphan, no signal from inside the
+        # sandbox can kill it, and when it ends the kernel ends everything else in it.
+        "--as-pid-1",
+    ]
+    if disable_userns:
+        args.append("--disable-userns")
+    for key, value in _environment(
+        "/sandbox/work", "/tmp", "/sandbox/mpl", "/sandbox/ipython"
+    ).items():
+        args += ["--setenv", key, value]
+    staged: list[str] = []
+    stage = str(_lock_dir() / "stage")
+    for path in _system_roots():
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        else:
+            args += ["--ro-bind", path, path]
+    system = _system_roots()
+    for path in _python_roots():
+        if any(path == s or path.startswith(s + "/") for s in system):
+            continue
+        if root and not _traversable(path, uid, gid):
+            args += ["--ro-bind", f"{stage}/{len(staged)}", path]
+            staged.append(path)
+        else:
+            args += ["--ro-bind", path, path]
+    for path in ("/etc/ld.so.cache", "/etc/localtime", "/etc/fonts"):
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for path, content in _etc_files(uid, gid).items():
+        read, write = os.pipe()
+        os.write(write, content)
+        os.close(write)
+        fds.append(read)
+        args += ["--ro-bind-data", str(read), path]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    shm = max(1, min(64, limits.disk_mb // 4)) * 1024 * 1024
+    args += ["--size", str(shm), "--tmpfs", "/dev/shm"]
+    args += ["--size", str(limits.disk_mb * 1024 * 1024), "--perms", "0755", "--tmpfs", SANDBOX]
+    for folder in SCRATCH:
+        args += ["--dir", folder]
+    args += ["--symlink", "/sandbox/tmp", "/tmp", "--symlink", "/sandbox/vartmp", "/var/tmp"]
+    if font_cache is not None:
+        handle = os.open(font_cache, os.O_RDONLY)
+        fds.append(handle)
+        args += ["--file", str(handle), f"/sandbox/mpl/{font_cache.name}"]
+    for hidden in hide:
+        text = str(hidden)
+        if any(text == r or text.startswith(r.rstrip("/") + "/") for r in _python_roots()):
+            args += ["--tmpfs", text] if hidden.is_dir() else ["--ro-bind", "/dev/null", text]
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/sandbox/work"]
+    args += list(argv)
+    user: dict[str, Any] = {}
+    if root and staged:
+        launcher = str(Path(__file__).with_name("launcher.py"))
+        command = [sys.executable, "-I", "-S", launcher, stage, str(uid), str(gid), *staged, "--"]
+        Path(stage).mkdir(mode=0o755, parents=True, exist_ok=True)
+        return command + args, fds, user
+    if root:
+        user = {"user": uid, "group": gid, "extra_groups": []}
+    return args, fds, user
+
+
+# -- the sandbox ------------------------------------------------------------------------------
+
+
+class Sandbox:
+    """One submission's sandbox: a zygote to start, jobs to run one at a time, then the end.
+
+    Example::
+
+        with Sandbox(limits, prerun=plan.prerun, table=plan.table) as sandbox:
+            result = sandbox.run(job.id, job.spec, job.cells, wall=60)
+    """
+
     def __init__(
         self,
-        cells: Sequence[Cell],
-        hidden: Sequence[Cell],
         limits: Limits,
-        hide: Sequence[Path],
-        workdir: Path,
+        *,
+        prerun: Sequence[dict[str, Any]] = (),
+        table: Sequence[dict[str, Any]] = (),
+        preload: Sequence[str] = (),
+        hide: Sequence[Path] = (),
+        font_cache: bool = False,
     ) -> None:
-        self.cells = list(cells)
-        self.hidden = list(hidden)
         self.limits = limits
-        self.hide = [str(Path(p).resolve()) for p in hide]
-        self.workdir = workdir
-        self.result = SandboxResult("completed")
+        self.prerun = list(prerun)
+        self.table = list(table)
+        self.preload = list(preload)
+        self.hide = [Path(p) for p in hide]
+        self.font_cache = font_cache
+        self.info = isolation()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.slot: _Slot | None = None
+        self.folder: Path | None = None
+        self.folder_lock = -1
         self.buffer = b""
-        self.received = 0
-        self.running: str | None = None
         self.started = time.monotonic()
+        self.deadline = self.started + limits.wall
+        self.ready: dict[str, Any] = {}
+        self.uid: int | None = None
+        self.cpu = 0.0
 
-    def run(self) -> SandboxResult:
-        if os.geteuid() == 0:
-            with contextlib.suppress(KeyError, OSError):
-                import pwd
+    # -- starting and stopping --
 
-                entry = pwd.getpwnam(_NOBODY)
-                os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "labkit.course.grading.sandbox"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=self.workdir,
-            env=_child_env(self.workdir),
-            start_new_session=True,
-            close_fds=True,
-        )
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        with _LIVE_LOCK:
-            _LIVE.add(proc)
-        deadline = time.monotonic() + self.limits.wall
+    def __enter__(self) -> Sandbox:
         try:
-            setup = {
-                "cells": [asdict(c) for c in self.cells],
-                "limits": asdict(self.limits),
-                "hide": self.hide,
-            }
-            if self._send(proc.stdin, setup, deadline) and self._read_until(
-                proc, "learner-done", deadline
-            ):
-                hidden = {"cells": [asdict(c) for c in self.hidden]}
-                if self._send(proc.stdin, hidden, deadline):
-                    self._read_until(proc, "done", deadline)
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> dict[str, Any]:
+        """Start the zygote, send it the submission's cells, wait until it is ready."""
+        argv = [sys.executable, "-I", "-m", "labkit.course.grading.zygote"]
+        fds: list[int] = []
+        processes = 0
+        if self.info.bwrap:
+            uid = gid = os.getuid()
+            if self.info.own_uid:
+                self.slot = _Slot()
+                uid = gid = self.slot.uid
+                processes = 512
+            self.uid = uid
+            command, fds, user = _bwrap_command(
+                self.info.bwrap,
+                uid,
+                gid,
+                self.limits,
+                argv,
+                hide=self.hide,
+                disable_userns=self.info.disable_userns,
+                font_cache=_matplotlib_cache() if self.font_cache else None,
+            )
+            env = {"PATH": "/usr/bin:/bin"}
+            cwd = "/"
+            scratch = [*SCRATCH, "/dev/shm"]
+            pid_namespace = True
+        else:
+            global _SWEPT
+            with _SWEEP_LOCK:
+                if not _SWEPT:
+                    remove_stale_folders()
+                    _SWEPT = True
+            self.folder = _folders() / f"sb-{os.getpid()}-{secrets.token_hex(6)}"
+            self.folder.mkdir(parents=True, mode=0o700)
+            self.folder_lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.folder_lock, fcntl.LOCK_EX)
+            work = self.folder / "work"
+            for name in ("work", "tmp", "mpl", "ipython"):
+                (self.folder / name).mkdir()
+            command, user = argv, {}
+            env = _environment(
+                str(work),
+                str(self.folder / "tmp"),
+                str(self.folder / "mpl"),
+                str(self.folder / "ipython"),
+            )
+            cwd = str(work)
+            scratch = [str(work), str(self.folder / "tmp"), str(self.folder / "ipython")]
+            pid_namespace = False
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                pass_fds=fds,
+                start_new_session=True,
+                close_fds=True,
+                **user,
+            )
         finally:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
+            for fd in fds:
+                os.close(fd)
+        with _LIVE_LOCK:
+            _LIVE.add(self.proc)
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        limits = asdict(self.limits)
+        limits["processes"] = processes
+        self._send(
+            {
+                "event": "setup",
+                "limits": limits,
+                "preload": self.preload,
+                "prerun": self.prerun,
+                "table": self.table,
+                "scratch": scratch,
+                "pid_namespace": pid_namespace,
+            }
+        )
+        message = self._receive(self.deadline)
+        if message is None:
+            raise SandboxError(self._why_gone(), environment=True)
+        if message.get("event") == "failed":
+            module = message.get("module")
+            if module:
+                raise SandboxError(
+                    f"the sandbox's Python cannot import {module} ({message.get('reason')})",
+                    environment=True,
+                )
+            raise SandboxError(f"the sandbox failed: {message.get('reason')}", environment=True)
+        if message.get("event") != "ready":
+            raise SandboxError("the sandbox sent something unexpected", environment=True)
+        self.ready = message
+        return message
+
+    def _why_gone(self) -> str:
+        proc = self.proc
+        if proc is None:
+            return "the sandbox did not start"
+        if time.monotonic() >= self.deadline:
+            return "the sandbox did not get ready within the wall-time limit"
+        detail = ""
+        if proc.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                os.set_blocking(proc.stderr.fileno(), False)
+                detail = (proc.stderr.read(4000) or b"").decode(errors="replace").strip()
+        code = proc.poll()
+        tail = detail.splitlines()[-1] if detail else f"exit status {code}"
+        return f"the sandbox ended before it was ready ({tail})"
+
+    def close(self) -> None:
+        """End the zygote and everything under it; release the slot and the folder."""
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(OSError, SandboxError):
+                self._send({"event": "end"})
+                bye = self._receive(time.monotonic() + 5)
+                if bye is not None and bye.get("event") == "bye":
+                    self.cpu = _float(bye.get("cpu"))
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            # Let it end by itself, so its processes are reaped and their CPU time counted.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
             _kill_group(proc)
-            proc.stdout.close()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
-        return self.result
+            self.proc = None
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        if self.folder is not None:
+            _make_writable(self.folder)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.close(self.folder_lock)
+            self.folder = None
 
-    def _send(self, stream: IO[bytes], message: dict[str, Any], deadline: float) -> bool:
-        """Write one message without blocking past the deadline; False if the run stopped."""
-        data = memoryview(json.dumps(message).encode() + b"\n")
-        fd = stream.fileno()
-        os.set_blocking(fd, False)
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_WRITE)
-            while data:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._stop("timeout", self._wall_reason())
-                    return False
-                if not selector.select(remaining):
-                    continue
-                try:
-                    data = data[os.write(fd, data) :]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return True  # the child is gone: reading its end reports how
-        return True
+    # -- jobs --
 
-    def _wall_reason(self) -> str:
-        return (
-            f"the notebook ran longer than the {_seconds(self.limits.wall)} wall-time limit "
-            "for a whole submission"
+    @property
+    def remaining(self) -> float:
+        """Wall seconds left for this submission."""
+        return self.deadline - time.monotonic()
+
+    def run(
+        self,
+        job_id: str,
+        spec: dict[str, Any],
+        cells: Sequence[int],
+        wall: float,
+        key: bytes = b"",
+        skip: dict[int, str] | None = None,
+    ) -> JobResult:
+        """Run one job in a fresh process; never raises for anything the job did.
+
+        ``key`` is the job's one-time key: the job signs its frames with it, so the grader can
+        tell them from bytes anything else wrote to the job's pipe. ``skip`` maps cells not to
+        run again (they ran past the per-cell limit before) to the error to report for them.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return JobResult(reason="the sandbox is gone")
+        wall = max(0.1, min(wall, self.remaining))
+        request: dict[str, Any] = {
+            "event": "job",
+            "id": job_id,
+            "spec": spec,
+            "cells": list(cells),
+            "wall": wall,
+            "key": key,
+            "skip": dict(skip or {}),
+        }
+        try:
+            self._send(request)
+        except SandboxError:
+            return JobResult(reason="the sandbox is gone")
+        message = self._receive(min(self.deadline, time.monotonic() + wall + 10))
+        if message is None:
+            if time.monotonic() >= self.deadline:
+                return JobResult(status="wall", killed="wall", reason="wall")
+            return JobResult(reason="the sandbox ended")
+        if message.get("event") != "job" or message.get("id") != job_id:
+            return JobResult(reason="the sandbox answered out of turn")
+        frames = message.get("frames")
+        return JobResult(
+            frames=[f for f in frames if isinstance(f, bytes)] if isinstance(frames, list) else [],
+            status=str(message.get("status", "lost")),
+            code=_int(message.get("code")),
+            signal=_int(message.get("signal")),
+            cpu=_float(message.get("cpu")),
+            cpu_limit=_float(message.get("cpu_limit")),
+            killed=str(message.get("killed", "")),
         )
 
-    def _read_until(self, proc: subprocess.Popen[bytes], event: str, deadline: float) -> bool:
-        """Read messages until ``event``; False (with the outcome set) if the run stopped."""
-        assert proc.stdout is not None
+    # -- the channel --
+
+    def _send(self, message: dict[str, Any]) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            raise SandboxError("the sandbox is not running")
+        data = frame(encode(message))
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"the sandbox stopped listening ({exc})") from exc
+
+    def _receive(self, deadline: float) -> dict[str, Any] | None:
+        """The zygote's next message, or None if it ended or the deadline passed."""
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            return None
         fd = proc.stdout.fileno()
         with selectors.DefaultSelector() as selector:
             selector.register(fd, selectors.EVENT_READ)
             while True:
-                while b"\n" in self.buffer:
-                    line, self.buffer = self.buffer.split(b"\n", 1)
-                    if self._handle(line) == event:
-                        return True
-                    if self.result.outcome != "completed":
-                        return False
+                if len(self.buffer) >= 4:
+                    size = int.from_bytes(self.buffer[:4], "big")
+                    if size > 4 * MAX_BYTES:
+                        return None
+                    if len(self.buffer) >= 4 + size:
+                        payload = self.buffer[4 : 4 + size]
+                        self.buffer = self.buffer[4 + size :]
+                        try:
+                            message = decode(payload, max_bytes=4 * MAX_BYTES)
+                        except WireError:
+                            return None
+                        return message if isinstance(message, dict) else None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._stop("timeout", self._wall_reason())
-                    return False
+                    return None
                 if not selector.select(remaining):
                     continue
-                chunk = os.read(fd, 65536)
+                try:
+                    chunk = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    continue
                 if not chunk:
-                    self._ended(proc)
-                    return False
-                self.received += len(chunk)
-                if self.received > _MAX_CHANNEL:
-                    self._stop("broken", "the notebook flooded the grader's channel with output")
-                    return False
+                    return None
                 self.buffer += chunk
 
-    def _handle(self, line: bytes) -> str:
-        try:
-            return self._message(json.loads(line))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            self._stop("broken", "the notebook wrote into the grader's private channel")
-            return ""
 
-    def _message(self, message: dict[str, Any]) -> str:
-        kind = message["event"]
-        if kind == "start":
-            self.running = str(message.get("id"))
-            self.started = time.monotonic()
-        elif kind == "cell":
-            self.result.cells.append(
-                CellRun(
-                    id=str(message["id"]),
-                    ok=bool(message["ok"]),
-                    error=str(message.get("error", "")),
-                    output=str(message.get("output", "")),
-                    results=[r for r in message.get("results", []) if isinstance(r, dict)],
-                    seconds=round(time.monotonic() - self.started, 3),
-                )
-            )
-            self.running = None
-        elif kind == "tampering":
-            self.result.tampering.append(str(message.get("what", "")))
-        elif kind == "isolation":
-            self.result.isolation = [str(item) for item in message.get("applied", [])]
-        elif kind == "failed":
-            self._stop("broken", str(message.get("reason", "the grading process failed")))
-        return str(kind)
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
 
-    def _stop(self, outcome: Outcome, reason: str) -> None:
-        if self.result.outcome == "completed":
-            self.result.outcome = outcome
-            self.result.reason = reason
-            self.result.stopped_at = self.running
 
-    def _ended(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            code = proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
-        if code == -signal.SIGXCPU:
-            self._stop("cpu", f"the notebook used more than the {self.limits.cpu} s CPU-time limit")
-        elif code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            why = (
-                "by the CPU-time hard limit, the system's out-of-memory killer or a person"
-                if code == -signal.SIGKILL
-                else "a C extension fault, ctypes misuse or memory exhausted in native code"
-            )
-            self._stop(
-                "crashed", f"the Python process running the notebook was killed ({name}): {why}"
-            )
-        elif not self.result.isolation:
-            self._stop(
-                "broken",
-                f"the grading process failed to start (exit status {code}); check that "
-                f"`{sys.executable} -I -m labkit.course.grading.sandbox` can import labkit",
-            )
-        else:
-            self._stop(
-                "exited",
-                f"the notebook ended the grading process itself (exit status {code}): "
-                "os._exit(), os.kill() or similar stop the whole kernel; remove that call",
-            )
+def _float(value: Any) -> float:
+    return float(value) if type(value) in (int, float) else 0.0
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 def stop_all() -> None:
-    """Kill every sandboxed process still running (on Ctrl-C), so their graders return at once.
+    """Kill every sandbox still running (on Ctrl-C), so their graders return at once.
 
     Example::
 
@@ -388,410 +875,3 @@ def stop_all() -> None:
     for proc in running:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
-
-
-# -- the child side -------------------------------------------------------------------------
-
-
-class CellTimeout(BaseException):
-    """Raised in the main thread of the child when one cell runs past its time limit."""
-
-
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWNET = 0x40000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
-_PR_SET_PDEATHSIG = 1
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _isolate(hide: Sequence[str]) -> list[str]:
-    """As root: own namespaces, hidden paths, no network; then become nobody. Best effort."""
-    applied: list[str] = []
-    if os.geteuid() != 0:
-        return applied
-    libc = _libc()
-    if (
-        libc.unshare(_CLONE_NEWNS) == 0
-        and libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
-    ):
-        covered = 0
-        keep = [os.getcwd(), *_needed_roots()]
-        hide = [p for p in hide if not any(Path(k).is_relative_to(p) for k in keep)]
-        for path in hide:
-            raw = path.encode()
-            if os.path.isdir(path):
-                flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV
-                ok = libc.mount(b"tmpfs", raw, b"tmpfs", flags, b"size=4k,mode=0555") == 0
-            elif os.path.exists(path):
-                ok = libc.mount(b"/dev/null", raw, None, _MS_BIND, None) == 0
-            else:
-                continue
-            covered += ok
-        if hide:
-            applied.append(f"instructor files hidden ({covered} of {len(hide)} paths covered)")
-        if _expose(libc, _needed_roots()):
-            applied.append("the Python installation re-mounted readable for nobody")
-    if libc.unshare(_CLONE_NEWNET) == 0:
-        _loopback_up()
-        applied.append("no network (a private loopback only)")
-    blocked = [root for root in _needed_roots() if not _traversable(root)]
-    if blocked:
-        applied.append(f"still root: {blocked[0]} is not readable by nobody")
-        return applied
-    try:
-        import pwd
-
-        entry = pwd.getpwnam(_NOBODY)
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-        applied.append("runs as user nobody")
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
-    except (KeyError, OSError) as exc:
-        applied.append(f"still root: cannot become nobody ({exc})")
-    return applied
-
-
-def _needed_roots() -> list[str]:
-    """The directories the child must read after dropping root: Python, the venv, labkit."""
-    import labkit
-
-    roots = {sys.base_prefix, sys.prefix, str(Path(labkit.__file__).resolve().parent.parent)}
-    roots.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(str(Path(r).resolve()) for r in roots)
-
-
-def _traversable(path: str) -> bool:
-    """Whether every directory on the way to ``path`` lets others in (the o+x bit)."""
-    current = Path(path)
-    for part in [current, *current.parents]:
-        with contextlib.suppress(OSError):
-            if not os.stat(part).st_mode & 0o001:
-                return False
-    return True
-
-
-def _expose(libc: Any, roots: Sequence[str]) -> bool:
-    """Make ``roots`` reachable for nobody when an ancestor (like /root) is closed to others.
-
-    The closed ancestor is covered by an empty tmpfs (hiding everything else in it) and each
-    root is bind-mounted back at its own path. Runs inside the child's private mount namespace.
-    """
-    done = False
-    for root in roots:
-        closed = [p for p in [Path(root), *Path(root).parents] if not os.stat(p).st_mode & 0o001]
-        if not closed:
-            continue
-        top = closed[-1]
-        inside = [r for r in roots if Path(r).is_relative_to(top)]
-        staging = Path(tempfile.mkdtemp(prefix="stage-"))
-        staged = []
-        for number, path in enumerate(inside):
-            target = staging / str(number)
-            target.mkdir()
-            if libc.mount(path.encode(), str(target).encode(), None, _MS_BIND | _MS_REC, None):
-                return done
-            staged.append((target, path))
-        if libc.mount(b"tmpfs", str(top).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755"):
-            return done
-        for target, path in staged:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            libc.mount(str(target).encode(), path.encode(), None, _MS_BIND | _MS_REC, None)
-        done = True
-        roots = [r for r in roots if r not in inside]
-    return done
-
-
-def _loopback_up() -> None:
-    import fcntl
-    import socket
-    import struct
-
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14s", b"lo", 0, b"")
-        flags = struct.unpack("16sH14s", fcntl.ioctl(sock, 0x8913, request))[1]
-        fcntl.ioctl(sock, 0x8914, struct.pack("16sH14s", b"lo", flags | 1, b""))
-
-
-def _set_limits(limits: dict[str, Any]) -> None:
-    cpu = int(limits["cpu"])
-    memory = int(limits["memory_mb"]) * 1024 * 1024
-    files = int(limits["file_mb"]) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (files, files))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:
-        os._exit(3)
-
-
-class _Capture(io.TextIOBase):
-    """A bounded text sink standing in for sys.stdout and sys.stderr while a cell runs."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.size = 0
-
-    def write(self, text: str) -> int:
-        if self.size < _MAX_OUTPUT:
-            self.parts.append(text[: _MAX_OUTPUT - self.size])
-            self.size += len(text)
-        return len(text)
-
-    def writable(self) -> bool:
-        return True
-
-    def text(self) -> str:
-        out = "".join(self.parts)
-        return out + ("\n[output truncated]" if self.size > _MAX_OUTPUT else "")
-
-
-class _Guard:
-    """Remembers the grading functions as they were; restores them if learner code patched them."""
-
-    def __init__(self) -> None:
-        import labkit.course.exercise as exercise
-
-        self.module = exercise
-        self.originals: dict[str, Any] = {}
-        self.codes: dict[str, Any] = {}
-        self.bindings: dict[str, Any] = {}
-        self.remember({})
-
-    def remember(self, namespace: dict[str, Any]) -> None:
-        """After an instructor's cell: snapshot the grading functions and names bound to them."""
-        self.originals = {k: v for k, v in vars(self.module).items() if not k.startswith("__")}
-        self.codes = {
-            name: value.__code__
-            for name, value in self.originals.items()
-            if hasattr(value, "__code__")
-        }
-        known = {id(value) for value in self.originals.values()}
-        for name, value in list(namespace.items()):
-            if id(value) in known or value is self.module:
-                self.bindings[name] = value
-
-    def restore(self, namespace: dict[str, Any]) -> list[str]:
-        """Before a check cell: undo changes to the grading functions; return what was changed."""
-        changed: list[str] = []
-        current = vars(self.module)
-        for name, value in self.originals.items():
-            if current.get(name) is not value:
-                changed.append(f"labkit.course.exercise.{name} was replaced")
-                setattr(self.module, name, value)
-        for name, code in self.codes.items():
-            func = self.originals[name]
-            if func.__code__ is not code:
-                changed.append(f"the code of labkit.course.exercise.{name} was replaced")
-                func.__code__ = code
-        for name, value in self.bindings.items():
-            if namespace.get(name) is not value:
-                changed.append(f"the notebook name {name!r} was rebound")
-                namespace[name] = value
-        return changed
-
-
-def _child_main() -> None:  # pragma: no cover - runs in the child process
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    inp = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    lock = threading.Lock()
-
-    def send(**message: Any) -> None:
-        with lock, contextlib.suppress(OSError):
-            os.set_blocking(out.fileno(), True)  # learner code may have changed it
-            out.write(json.dumps(message, default=str) + "\n")
-
-    try:
-        setup = json.loads(inp.readline())
-    except ValueError:
-        os._exit(4)
-    applied = _isolate(setup.get("hide", []))
-    _die_with_parent()
-    _set_limits(setup["limits"])
-    applied.append("CPU, memory, file-size and wall-time limits")
-    send(event="isolation", applied=applied)
-    try:
-        runner = _Runner(setup["limits"], send)
-    except Exception as exc:
-        send(event="failed", reason=f"the notebook environment could not start: {exc}")
-        os._exit(5)
-    runner.run([_cell(c) for c in setup["cells"]])
-    send(event="learner-done")
-    with contextlib.suppress(OSError):
-        os.set_blocking(inp.fileno(), True)
-    line = inp.readline()
-    if line:
-        runner.run([_cell(c) for c in json.loads(line)["cells"]])
-    send(event="done")
-    out.flush()
-    os._exit(0)
-
-
-def _cell(data: dict[str, Any]) -> Cell:
-    return Cell(data["id"], data["source"], data["kind"], data.get("exercise"))
-
-
-class _Runner:
-    def __init__(self, limits: dict[str, Any], send: Any) -> None:
-        from IPython.core.interactiveshell import InteractiveShell
-        from traitlets.config import Config
-
-        config = Config()
-        config.HistoryManager.enabled = False
-        config.InteractiveShell.colors = "nocolor"
-        self.shell = InteractiveShell.instance(config=config)
-        self.send = send
-        self.cell_limit = float(limits["cell"])
-        self.results_dir = Path(tempfile.mkdtemp(prefix="results-"))
-        self.guard = _Guard()
-        self.shell.user_ns["__name__"] = "__main__"
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-
-    def run(self, cells: list[Cell]) -> None:
-        for cell in cells:
-            self.one(cell)
-
-    async def _execute(self, source: str) -> Any:
-        """Run one cell the way ipykernel does: inside a running asyncio loop in the main thread.
-
-        So ``asyncio.get_running_loop()`` works in a cell, ``asyncio.run()`` refuses as it does
-        in JupyterLab, and top-level ``await`` runs on that loop.
-        """
-        shell = self.shell
-        transformed: str | None = None
-        preprocessing: Any = None
-        try:
-            transformed = shell.transform_cell(source)  # type: ignore[no-untyped-call]
-        except Exception:
-            preprocessing = sys.exc_info()
-        if shell.should_run_async(
-            source, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing
-        ):
-            return await shell.run_cell_async(
-                source,
-                store_history=True,
-                silent=False,
-                transformed_cell=transformed,
-                preprocessing_exc_tuple=preprocessing,
-            )
-        return shell.run_cell(source, store_history=True, silent=False)  # type: ignore[no-untyped-call]
-
-    def one(self, cell: Cell) -> None:
-        namespace = self.shell.user_ns
-        grading = cell.kind in ("check", "hidden")
-        if cell.kind != "learner":
-            for what in self.guard.restore(namespace):
-                self.send(event="tampering", what=what)
-        results_path = self.results_dir / f"{secrets.token_hex(16)}.jsonl"
-        if grading:
-            os.environ["LABKIT_RESULTS"] = str(results_path)
-        else:
-            os.environ.pop("LABKIT_RESULTS", None)
-        self.send(event="start", id=cell.id)
-        capture = _Capture()
-        error = ""
-        exc: BaseException | None
-        with _redirected(capture), _alarm(self.cell_limit):
-            try:
-                outcome = self.loop.run_until_complete(self._execute(cell.source))
-                exc = outcome.error_before_exec or outcome.error_in_exec
-            except CellTimeout as raised:
-                exc = raised
-        os.environ.pop("LABKIT_RESULTS", None)
-        if exc is not None:
-            error = _describe(exc, self.cell_limit)
-        if cell.kind != "learner":
-            self.guard.remember(namespace)
-        results = _read_results(results_path) if grading else []
-        self.send(
-            event="cell",
-            id=cell.id,
-            ok=exc is None,
-            error=error,
-            output=capture.text(),
-            results=results,
-        )
-
-
-@contextlib.contextmanager
-def _redirected(capture: _Capture) -> Iterator[None]:
-    saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = capture
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = saved
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    def fire(signum: int, frame: Any) -> None:
-        raise CellTimeout
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _describe(exc: BaseException, cell_limit: float) -> str:
-    if isinstance(exc, CellTimeout):
-        return (
-            f"the cell ran longer than the {_seconds(cell_limit)} limit per cell "
-            "(an endless loop, or waiting on real time?)"
-        )
-    if isinstance(exc, SystemExit):
-        return "SystemExit: the cell called sys.exit() or exit(), which a graded notebook must not"
-    if isinstance(exc, MemoryError):
-        return "MemoryError: the cell tried to use more memory than the limit allows"
-    message = _ADDRESS.sub("", str(exc)).strip()
-    if len(message) > _MAX_ERROR:
-        message = message[:_MAX_ERROR] + " ..."
-    name = type(exc).__name__
-    return f"{name}: {message}" if message else name
-
-
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return results
-    for line in text.splitlines()[:1000]:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict):
-                results.append(record)
-    return results
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _child_main()

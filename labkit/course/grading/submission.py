@@ -17,15 +17,27 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.course.grading.sandbox import Cell, CellKind
+from labkit.course.grading.plan import (
+    Call,
+    Cell,
+    CellKind,
+    LessonCell,
+    PlanError,
+    one_at_a_time,
+    protected_names,
+    python_text,
+)
+from labkit.course.grading.scan import scan_cell
 
 __all__ = [
     "Lesson",
@@ -37,11 +49,15 @@ __all__ = [
     "load_submission",
     "locked_hash",
     "normalize",
+    "notebook_needs",
 ]
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 _NOTEBOOK_NAME = re.compile(r"^(\d{2})-[a-z0-9-]+$")
 _GENERIC_DIRS = {"notebooks", "submissions", "collected", "labkit", "lessons", ""}
+_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+# What every sandbox imports before any cell runs, whatever the lesson.
+BASE_NEEDS = ("IPython", "pytest", "pytest_asyncio", "ipytest", "labkit", "labkit.course")
 
 
 class SubmissionError(Exception):
@@ -54,27 +70,6 @@ class SubmissionError(Exception):
         except SubmissionError as error:
             print(error)   # "alice.ipynb: not JSON (line 1, column 1: ...); ..."
     """
-
-
-@dataclass(frozen=True)
-class LessonCell:
-    """One cell of an instructor notebook: id, type, role, exercise and the source as built.
-
-    Example::
-
-        LessonCell("ex-4-1-check", "code", "check", "4.1", 'check_test("4.1", ...)')
-    """
-
-    id: str
-    cell_type: str
-    role: str
-    exercise: str | None
-    source: str
-
-    @property
-    def locked(self) -> bool:
-        """Whether learners must leave this cell as it is (everything but solutions)."""
-        return self.role != "solution"
 
 
 @dataclass(frozen=True)
@@ -99,6 +94,9 @@ class Lesson:
     version: str
     locked: dict[str, str] = field(default_factory=dict)
     problem: str = ""
+    calls: dict[str, list[Call]] = field(default_factory=dict)
+    protected: frozenset[str] = frozenset()
+    needs: tuple[str, ...] = ()
 
     @property
     def max_points(self) -> float:
@@ -113,7 +111,12 @@ class Submission:
     Example::
 
         submission = load_submission(path, lessons)
-        result = run_cells(submission.cells, submission.hidden, Limits())
+        print(submission.tampered, submission.forbidden)   # flags, and exercises that earn 0
+
+    ``tampered`` lists everything flagged. ``forbidden`` maps each exercise that earns nothing to
+    why: a learner cell that reaches into the grading machinery (:mod:`~.scan`) and can affect
+    it, or instructor-only material handed in (hidden cells, solution markers, the instructor
+    version's metadata).
     """
 
     path: Path
@@ -123,6 +126,7 @@ class Submission:
     cells: list[Cell]
     hidden: list[Cell]
     tampered: list[str] = field(default_factory=list)
+    forbidden: dict[str, list[str]] = field(default_factory=dict)
 
 
 def normalize(source: str) -> str:
@@ -163,6 +167,7 @@ def _labkit(meta: Any) -> dict[str, Any]:
 # -- lessons ------------------------------------------------------------------------------
 
 
+@one_at_a_time
 def load_lessons(instructor: Path) -> dict[int, Lesson]:
     """Every lesson in an instructor directory, by number; raises SubmissionError if unusable.
 
@@ -276,6 +281,12 @@ def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
     declared = _exercise_points(entry)
     exercises = {ident: declared.get(ident, 0.0) for ident in order}
     exercises.update({k: v for k, v in declared.items() if k not in exercises})
+    problem = ""
+    try:
+        calls = _calls(path, entry, exercises)
+    except SubmissionError as exc:  # its cells still tell other lessons' notebooks apart
+        calls, problem = {}, str(exc)
+    plan_digest = json.dumps(entry.get("exercises", {}), sort_keys=True).encode()
     return Lesson(
         number=number,
         slug=path.stem,
@@ -283,9 +294,58 @@ def _load_lesson(path: Path, entries: dict[int, dict[str, Any]]) -> Lesson:
         path=path,
         cells=tuple(cells),
         exercises=exercises,
-        version=hashlib.sha256(data).hexdigest()[:16],
+        version=hashlib.sha256(data + plan_digest).hexdigest()[:16],
         locked=locked,
+        calls=calls,
+        problem=problem,
+        protected=frozenset(protected_names(cells)),
+        needs=notebook_needs(c.source for c in cells if c.cell_type == "code"),
     )
+
+
+def _calls(path: Path, entry: dict[str, Any], exercises: dict[str, float]) -> dict[str, list[Call]]:
+    """Each exercise's check calls from the manifest; refuses a manifest without them."""
+    raw = entry.get("exercises", {})
+    calls: dict[str, list[Call]] = {}
+    for ident in exercises:
+        found = raw.get(ident, {}).get("calls") if isinstance(raw, dict) else None
+        if not isinstance(found, list) or not found:
+            raise SubmissionError(
+                f"{path}: instructor/manifest.json has no check plan for exercise {ident} (it "
+                "was written by an older labkit build); run `labkit build` again"
+            )
+        try:
+            calls[ident] = [Call.from_manifest(ident, item) for item in found]
+        except PlanError as exc:
+            raise SubmissionError(f"{path}: {exc}; run `labkit build` again") from exc
+    return calls
+
+
+def notebook_needs(sources: Iterable[str]) -> tuple[str, ...]:
+    """The modules a notebook's cells import at top level (``%matplotlib`` needs matplotlib).
+
+    The sandbox imports them before any cell runs, and the grader refuses a lesson whose
+    modules are missing here, instead of grading every learner 0.
+
+    Example::
+
+        notebook_needs(["import asyncio\nimport uvloop", "%matplotlib inline"])
+        # ("IPython", ..., "asyncio", "matplotlib.pyplot", "uvloop")
+    """
+    found: set[str] = set(BASE_NEEDS)
+    for source in sources:
+        if "%matplotlib" in source:
+            found.add("matplotlib.pyplot")
+        try:
+            tree = ast.parse(python_text(source))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
+    return tuple(sorted(found))
 
 
 # -- submissions --------------------------------------------------------------------------
@@ -309,6 +369,7 @@ def learner_name(path: Path, lessons: dict[int, Lesson]) -> str:
     return stem
 
 
+@one_at_a_time
 def load_submission(
     path: Path,
     lessons: dict[int, Lesson],
@@ -328,7 +389,7 @@ def load_submission(
         size = path.stat().st_size
         if size > max_bytes:
             raise SubmissionError(
-                f"{name}: too large ({size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:.0f} MB); "
+                f"{name}: too large ({size / 1e6:.3g} MB, the limit is {max_bytes / 1e6:g} MB); "
                 "clear the outputs (Edit > Clear Outputs of All Cells), save, and resubmit, "
                 "or raise --max-size"
             )
@@ -351,16 +412,76 @@ def load_submission(
         raise SubmissionError(f"{name}: not a notebook (JSON nested too deeply)") from exc
     cells = _notebook_cells(name, notebook)
     target = _which_lesson(name, path, notebook, cells, lessons, lesson)
-    plan = _plan(name, cells, target)
+    run, hidden, tampered = _plan(name, cells, target)
+    forbidden = _instructor_material(notebook, cells, target)
+    for exercise, why in _reaching_in(run, target).items():
+        forbidden.setdefault(exercise, []).extend(why)
+    flags = list(dict.fromkeys(why for reasons in forbidden.values() for why in reasons))
     return Submission(
         path=path,
         learner=learner or learner_name(path, lessons),
         lesson=target,
         sha256=digest,
-        cells=plan[0],
-        hidden=plan[1],
-        tampered=plan[2],
+        cells=run,
+        hidden=hidden,
+        tampered=[*tampered, *flags],
+        forbidden=forbidden,
     )
+
+
+def _instructor_material(
+    notebook: dict[str, Any], cells: list[dict[str, Any]], lesson: Lesson
+) -> dict[str, list[str]]:
+    """Exercises that earn nothing because the notebook carries instructor-only material."""
+    found: dict[str, list[str]] = {}
+    everything = list(lesson.exercises)
+    version = _labkit(notebook.get("metadata")).get("version")
+    if version == "instructor":
+        why = "the notebook is the instructor's version (its metadata says so)"
+        for exercise in everything:
+            found.setdefault(exercise, []).append(why)
+    ids = {cell["id"]: cell for cell in cells}
+    for original in lesson.cells:
+        theirs = ids.get(original.id)
+        if theirs is None or original.exercise is None:
+            continue
+        if original.role == "hidden":
+            found.setdefault(original.exercise, []).append(
+                f"the notebook carries the hidden check cell {original.id!r} (instructor only)"
+            )
+        elif original.role == "solution" and any(
+            line.strip().startswith(_MARKERS) for line in _source(theirs).split("\n")
+        ):
+            found.setdefault(original.exercise, []).append(
+                f"the solution cell {original.id!r} is the instructor's, solution markers and all"
+            )
+    return found
+
+
+def _reaching_in(run: list[Cell], lesson: Lesson) -> dict[str, list[str]]:
+    """Exercises a learner cell that reaches into the machinery can affect, and what it does.
+
+    A learner cell runs before the checks of every exercise that comes after it (and of its own
+    exercise), so all of those earn nothing.
+    """
+    found: dict[str, list[str]] = {}
+    checks = {c.exercise: i for i, c in enumerate(run) if c.kind == "check" and c.exercise}
+    for index, cell in enumerate(run):
+        if cell.kind != "learner":
+            continue
+        findings = scan_cell(cell.source, cell=cell.id, protected=lesson.protected)
+        if not findings:
+            continue
+        where = (
+            f"exercise {cell.exercise}'s solution cell" if cell.exercise else f"cell {cell.id!r}"
+        )
+        reasons = [f"{where}, {finding}" for finding in findings]
+        affected = {e for e, at in checks.items() if at > index}
+        if cell.exercise:
+            affected.add(cell.exercise)
+        for exercise in affected:
+            found.setdefault(exercise, []).extend(reasons)
+    return found
 
 
 def _notebook_cells(name: str, notebook: Any) -> list[dict[str, Any]]:
@@ -410,9 +531,18 @@ def _which_lesson(
     wanted: int | None,
 ) -> Lesson:
     known = ", ".join(f"{n:02d}" for n in sorted(lessons))
-    declared = _labkit(notebook.get("metadata")).get("lesson")
-    if declared is not None and not isinstance(declared, int):
-        declared = int(declared) if str(declared).isdigit() else None
+    raw = _labkit(notebook.get("metadata")).get("lesson")
+    declared: int | None = None
+    if raw is not None:
+        if isinstance(raw, bool) or not (
+            isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())
+        ):
+            raise SubmissionError(
+                f"{name}: the notebook's metadata says lesson {json.dumps(raw)}, which is not a "
+                "lesson number; submit the lesson's notebook as JupyterLab saved it, or pass "
+                "--lesson N"
+            )
+        declared = int(raw)
     match = _NOTEBOOK_NAME.match(path.stem)
     number = wanted if wanted is not None else declared
     if number is None and match:
@@ -426,26 +556,43 @@ def _which_lesson(
         raise SubmissionError(
             f"{name}: unknown lesson {number} (the lessons are {known}); check --lesson"
         )
-    ids = {cell["id"] for cell in cells}
     target = lessons[number]
-    if target.problem:
-        raise SubmissionError(f"{name}: lesson {number} cannot be graded: {target.problem}")
     if declared is not None and declared != number:
         raise SubmissionError(
             f"{name}: a notebook from a different lesson (lesson {declared}, not lesson "
             f"{number}); grade it with --lesson {declared} or submit lesson {number}'s notebook"
         )
-    own = sum(1 for cell in target.cells if cell.role == "solution" and cell.id in ids)
-    if own == 0 and any(cell.role == "solution" for cell in target.cells):
-        for other in lessons.values():
-            if other is not target and any(
-                cell.role == "solution" and cell.id in ids for cell in other.cells
-            ):
-                raise SubmissionError(
-                    f"{name}: a notebook from a different lesson ({other.slug}, not "
-                    f"{target.slug}); submit {target.slug}.ipynb"
-                )
+    mine = {cell["id"]: cell for cell in cells}
+    fits = {n: _fit(lesson, mine) for n, lesson in lessons.items()}
+    locked = sum(1 for c in target.cells if c.locked and c.cell_type == "code")
+    best = max(fits, key=lambda n: (fits[n], n == number))
+    if fits.get(number, 0) * 2 < locked and best != number and fits[best] > fits.get(number, 0):
+        label = "its metadata" if declared is not None else "its file name"
+        raise SubmissionError(
+            f"{name}: a notebook from a different lesson: its cells are those of "
+            f"{lessons[best].slug}, but {label} says lesson {number}; submit "
+            f"{target.slug}.ipynb, or grade it with --lesson {best}"
+        )
+    if locked and fits.get(number, 0) == 0:
+        raise SubmissionError(
+            f"{name}: not a notebook of {target.slug} (none of its cells are that lesson's); "
+            f"submit {target.slug}.ipynb"
+        )
+    if target.problem:
+        raise SubmissionError(f"{name}: lesson {number} cannot be graded: {target.problem}")
     return target
+
+
+def _fit(lesson: Lesson, mine: dict[str, dict[str, Any]]) -> int:
+    """How many of a lesson's locked code cells a notebook holds unchanged."""
+    return sum(
+        1
+        for cell in lesson.cells
+        if cell.locked
+        and cell.cell_type == "code"
+        and cell.id in mine
+        and locked_hash(_source(mine[cell.id])) == lesson.locked.get(cell.id)
+    )
 
 
 def _plan(
@@ -479,6 +626,7 @@ def _plan(
         if original.role == "hidden":
             if original.cell_type == "code":
                 hidden.append(Cell(original.id, original.source, "hidden", original.exercise))
+            run.extend(_extra(c) for c in extras.get(original.id, []))
             continue
         if original.locked:
             if theirs is None:
