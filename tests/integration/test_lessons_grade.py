@@ -358,7 +358,8 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], An
     work = tmp_path_factory.mktemp("lessons")
     collected = work / "collected"
     names = sorted(p.name for p in (ROOT / "instructor").glob("[0-9][0-9]-*.ipynb"))
-    assert len(names) == 12
+    sources = sorted(p.stem for p in (ROOT / "lessons").glob("[0-9][0-9]-*.md"))
+    assert [Path(n).stem for n in names] == sources, "every lesson is graded, none left out"
     for name in names:
         notebook = solved_notebook(name)
         (collected / "solved").mkdir(parents=True, exist_ok=True)
