@@ -38,7 +38,9 @@ __all__ = [
     "waiting_at",
 ]
 
-_DEFAULT_NAME = re.compile(r"Task-\d+")
+# asyncio names unnamed tasks Task-N; Python 3.13.0 names them "None" when the loop has a task
+# factory (create_task() calls set_name(None)).
+_DEFAULT_NAME = re.compile(r"Task-\d+|None")
 _IPYTEST_MODULE = re.compile(r"t_[0-9a-f]{32}\.py")
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep

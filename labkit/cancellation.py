@@ -51,7 +51,9 @@ __all__ = [
 Factory = Callable[[], Awaitable[Any]]
 Check = Callable[[], Any]
 _Mode = Literal["cancel", "timeout"]
-_AUTO_TASK_NAME = re.compile(r"Task-\d+")
+# asyncio names unnamed tasks Task-N; Python 3.13.0 names them "None" when the loop has a task
+# factory (create_task() calls set_name(None)).
+_AUTO_TASK_NAME = re.compile(r"Task-\d+|None")
 # The widest ``await`` column of the table; longer ``file:line  code`` cells end in "...".
 _AWAIT_WIDTH = 60
 _NEVER_SUSPENDED = (
@@ -419,7 +421,6 @@ def _inner(target: Any) -> tuple[str, str]:
 class _Run:
     trampoline: _Trampoline
     task: asyncio.Task[Any]
-    timeout: asyncio.Timeout | None = None
     problems: list[str] = field(default_factory=list)
     error: BaseException | None = None
     notes: list[str] = field(default_factory=list)
@@ -443,27 +444,30 @@ def _new_target(factory: Factory) -> Any:
 
 async def _start(factory: Factory, mode: _Mode, k: int) -> _Run:
     target = _new_target(factory)
-    holder: list[_Run] = []
+    deadlines: list[asyncio.Timeout] = []
 
     def on_point() -> None:
-        run = holder[0]
-        if run.timeout is not None:
-            run.timeout.reschedule(asyncio.get_running_loop().time())
+        # Called from inside the driving task's step. With an eager task factory (3.12+) its
+        # first steps run inside create_task(), before the task is handed back: so act on the
+        # running task itself, never on a handle kept from create_task().
+        if deadlines:
+            deadlines[0].reschedule(asyncio.get_running_loop().time())
         else:
-            run.task.cancel()
+            running = asyncio.current_task()
+            assert running is not None, "the sweep's point callback runs inside its task"
+            running.cancel()
 
     trampoline = _Trampoline(target, k, on_point if k > 0 else None)
 
     async def drive() -> Any:
         if mode == "timeout":
             async with asyncio.timeout(None) as deadline:
-                holder[0].timeout = deadline
+                deadlines.append(deadline)
                 return await trampoline
         return await trampoline
 
     task = asyncio.get_running_loop().create_task(drive(), name=f"cancel-sweep:{k}")
-    holder.append(_Run(trampoline, task))
-    return holder[0]
+    return _Run(trampoline, task)
 
 
 def _task_label(task: asyncio.Task[Any]) -> str:

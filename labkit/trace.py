@@ -25,7 +25,9 @@ __all__ = ["Location", "Step", "TaskState", "Trace"]
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 _LABKIT_DIR = os.path.dirname(__file__) + os.sep
-_DEFAULT_NAME = re.compile(r"Task-\d+")
+# asyncio names unnamed tasks Task-N; Python 3.13.0 names them "None" when the loop has a task
+# factory (create_task() calls set_name(None)).
+_DEFAULT_NAME = re.compile(r"Task-\d+|None")
 # Code defined in a notebook cell lives in a temporary file named by the kernel's process id.
 _CELL_FILE = re.compile(r"(?:.*[/\\]ipykernel_\d+[/\\]\d+\.py|<ipython-input-\d+-[0-9a-f]+>)")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, Mock
@@ -601,3 +602,67 @@ async def test_rows_at_one_line_and_one_inner_await_stay_short() -> None:
     report = await labkit.cancel_at_every_await(lambda: use_pool(pool), check=pool.assert_all_free)
     assert " › " not in report.table()  # each target line suspends at one inner await only
     assert report.points[1].inner == f"{THIS_FILE}:{line_of('connect, fixed')}"
+
+
+# -- eager tasks (3.12+) ---------------------------------------------------------------------
+
+eager_only = pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="asyncio.eager_task_factory is new in Python 3.12"
+)
+
+
+async def two_children_then_a_pool(pool: Pool) -> None:
+    async with asyncio.TaskGroup() as group:
+        group.create_task(asyncio.sleep(0.01), name="one")
+        group.create_task(asyncio.sleep(0.02), name="two")
+    await use_pool(pool)
+
+
+@eager_only
+@pytest.mark.asyncio(loop_factories=["asyncio", "virtual"])
+@pytest.mark.parametrize("timeout", [False, True])
+async def test_with_eager_tasks_the_sweep_gives_the_same_table(timeout: bool) -> None:
+    loop = asyncio.get_running_loop()
+    pools: list[Pool] = []
+
+    def factory() -> Coroutine[Any, Any, None]:
+        pools.append(Pool(leaky=True))
+        return two_children_then_a_pool(pools[-1])
+
+    sweep = labkit.timeout_at_every_await if timeout else labkit.cancel_at_every_await
+
+    def all_free() -> None:
+        pools[-1].assert_all_free()
+
+    lazy = await sweep(factory, check=all_free, raise_on_failure=False)
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        eager = await sweep(factory, check=all_free, raise_on_failure=False)
+    finally:
+        loop.set_task_factory(None)
+    assert [(p.k, p.outcome) for p in eager.points] == [(p.k, p.outcome) for p in lazy.points]
+    assert lazy.suspension_points == 4
+    assert [p.k for p in lazy.failures] == [2]  # cancelled while connecting: the seeded leak
+
+
+def plain_factory(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **options: Any
+) -> asyncio.Task[Any]:
+    return asyncio.Task(coro, loop=loop, **options)
+
+
+@VIRTUAL
+async def test_a_leftover_task_is_named_by_its_coroutine_under_a_task_factory() -> None:
+    """Python 3.13.0 names an unnamed task 'None' when the loop has a task factory."""
+
+    async def forgets_a_task() -> None:
+        asyncio.create_task(asyncio.sleep(5))  # noqa: RUF006
+        await asyncio.sleep(1)
+
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(plain_factory)
+    try:
+        report = await labkit.cancel_at_every_await(forgets_a_task, raise_on_failure=False)
+    finally:
+        loop.set_task_factory(None)
+    assert report.points[0].outcome == "left pending: sleep() waiting inside asyncio.sleep"
