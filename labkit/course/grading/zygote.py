@@ -33,6 +33,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
 from labkit.course.grading import job
@@ -90,6 +91,10 @@ class Zygote:
         self.pid_namespace = False
         self.cpu_limit = 0.0
         self.runner: CellRunner | None = None
+        # What the lesson's own leading cells started or wrote (a database server and its
+        # folder, say): it serves every job, so cleaning up after a job leaves it in place.
+        self.lesson_pids: set[int] = set()
+        self.lesson_files: dict[str, set[str]] = {}
 
     def send(self, **message: Any) -> None:
         """Write one message to the grader."""
@@ -129,6 +134,8 @@ class Zygote:
             runner.remember(entry["protects"])
         runner.close_loop()
         self.runner = runner
+        self.lesson_pids = set(self._leftovers(os.getpid()))
+        self.lesson_files = {folder: _entries(folder) for folder in self.scratch}
         gc.collect()
         gc.freeze()  # children share these pages instead of copying them on every collection
         self.send(
@@ -258,7 +265,7 @@ class Zygote:
         me = os.getpid()
         deadline = time.monotonic() + 5
         while True:
-            victims = self._leftovers(me)
+            victims = [pid for pid in self._leftovers(me) if pid not in self.lesson_pids]
             if not victims:
                 break
             for pid in victims:
@@ -271,7 +278,7 @@ class Zygote:
                 # whose parent died come back to this subreaper to be reaped.
                 select.select([], [], [], 0.002)
         for folder in self.scratch:
-            _empty(folder)
+            _empty(folder, keep=self.lesson_files.get(folder, set()))
 
     def _leftovers(self, me: int) -> list[int]:
         found = []
@@ -312,13 +319,23 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
-def _empty(folder: str) -> None:
-    """Remove everything inside ``folder`` without following symbolic links."""
+def _entries(folder: str) -> set[str]:
+    """The names in ``folder`` (none if it cannot be read)."""
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def _empty(folder: str, keep: Collection[str] = ()) -> None:
+    """Remove everything inside ``folder`` but the names in ``keep``, following no links."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
+        if entry.name in keep:
+            continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False) and not os.path.ismount(entry.path):
                 shutil.rmtree(entry.path, ignore_errors=True)
