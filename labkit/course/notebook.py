@@ -51,6 +51,11 @@ PYTEST_ARGS: tuple[str, ...] = (
     # rewrite its asserts would fill every cell, and nothing in a notebook can act on it.
     "-W",
     "ignore::pytest.PytestAssertRewriteWarning",
+    # anyio's plugin imports trio when it is installed, and trio registers its random generator
+    # with Hypothesis when Hypothesis is loaded too; Hypothesis then warns about trio's own code,
+    # in the first test cell of every kernel. It is no concern of the notebook's.
+    "-W",
+    "ignore::Warning:trio._core._run",
     "-p",
     "no:cacheprovider",
     "-o",
