@@ -531,7 +531,9 @@ async def _start(factory: Factory, mode: _Mode, points: tuple[int, ...]) -> _Run
         return await trampoline
 
     label = "+".join(str(point) for point in points) or "0"
-    task = asyncio.get_running_loop().create_task(drive(), name=f"cancel-sweep:{label}")
+    # Built directly, not by the loop's task factory: an eager factory would run the target's
+    # first step, and reach its first point, before this task exists to be cancelled.
+    task = asyncio.Task(drive(), loop=asyncio.get_running_loop(), name=f"cancel-sweep:{label}")
     holder.append(_Run(trampoline, task))
     return holder[0]
 

@@ -316,23 +316,42 @@ def pytest_runtest_makereport(
 
 def _user_code_first(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
     error = excinfo.value
+    tb: types.TracebackType | None = None
     if isinstance(error, DeadlockError):
-        waiting = _where_the_test_waits(item, error)
-        if waiting is not None:
-            excinfo.traceback = pytest.ExceptionInfo.from_exc_info(
-                (type(error), error, waiting)
-            ).traceback
-            return
-    if type(error).__module__.startswith("labkit.") or (
-        isinstance(error, AssertionError) and excinfo.traceback and _internal(excinfo.traceback[-1])
+        tb = _where_the_test_waits(item, error)
+    elif type(error).__module__.startswith("labkit.") or (
+        isinstance(error, AssertionError) and _internal(_last(excinfo.tb))
     ):
-        kept = excinfo.traceback.filter(lambda entry: not _internal(entry))
-        if len(kept):
-            excinfo.traceback = kept
+        tb = _without_internal_frames(excinfo.tb)
+    if tb is not None:
+        # pytest rebuilds its view from the raw traceback: hand it a raw one of our frames.
+        excinfo.traceback = pytest.ExceptionInfo.from_exc_info((type(error), error, tb)).traceback
 
 
-def _internal(entry: Any) -> bool:
-    return os.path.normcase(str(entry.path)).startswith(_INTERNAL_DIRS)
+def _last(tb: types.TracebackType) -> types.FrameType:
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame
+
+
+def _internal(frame: types.FrameType) -> bool:
+    return os.path.normcase(frame.f_code.co_filename).startswith(_INTERNAL_DIRS)
+
+
+def _without_internal_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback without labkit's, asyncio's and pytest-asyncio's frames; None if that
+    would leave none of the user's."""
+    kept: list[types.TracebackType] = []
+    while tb is not None:
+        if not _internal(tb.tb_frame):
+            kept.append(tb)
+        tb = tb.tb_next
+    if not any(not is_machinery(entry.tb_frame.f_code.co_filename) for entry in kept):
+        return None
+    rebuilt: types.TracebackType | None = None
+    for entry in reversed(kept):
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
 
 
 def _where_the_test_waits(item: pytest.Item, error: DeadlockError) -> types.TracebackType | None:

@@ -785,3 +785,38 @@ def test_a_swallowed_cancellation_is_diagnosed_once_with_the_tests_line_first(
         ]
     )
     assert text.count("ERROR at teardown") == 1
+
+
+def test_a_labkit_verdict_is_reported_from_the_users_line(suite: pytest.Pytester) -> None:
+    """Zoo: reports of labkit's errors ended on labkit's and asyncio's own frames."""
+    suite.makepyfile(
+        """
+import asyncio
+import pytest
+import labkit
+
+async def leaky(slots):
+    await slots.acquire()
+    await asyncio.sleep(1)
+    slots.release()
+
+@pytest.mark.asyncio(loop_factories=["virtual"])
+async def test_sweep():
+    slots = asyncio.Semaphore(1)
+    await labkit.cancel_at_every_await(lambda: leaky(slots), check=lambda: not slots.locked())
+"""
+    )
+    result = suite.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            ">       await labkit.cancel_at_every_await(*",
+            "E       labkit.cancellation.CancelSweepError: cancel sweep of leaky(): *",
+            "*test_a_labkit_verdict_is_reported_from_the_users_line.py:13: CancelSweepError",
+        ]
+    )
+    text = result.stdout.str()
+    assert "cancellation.py" not in text
+    assert "base_events.py" not in text
+    full = suite.runpytest("--fulltrace").stdout.str()
+    assert "cancellation.py" in full  # --fulltrace still shows everything
