@@ -18,7 +18,7 @@ MYPY_VERSIONS := 3.11 3.12 3.13
 STAMP := $(VENV)/.stamp-$(ENV_HASH)
 LAB_PORT ?= 8888
 
-.PHONY: help env lab test test-matrix lint typecheck unit notebooks stress bench conformance \
+.PHONY: help env lab test test-matrix adopter-trial lint typecheck unit notebooks stress bench conformance \
 	build clean browser-deps
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make test         create the environment and run every test (lint, types, unit,"
 	@echo "                  integration, conformance subset, notebooks, browser)"
 	@echo "make test-matrix  library tests, notebooks and conformance on every Python 3.11+ here"
+	@echo "make adopter-trial  the wheel, without the course extra, in someone else's suite"
 	@echo "make stress       the slow stress tests"
 	@echo "make bench        benchmarks (print figures and ratios)"
 	@echo "make conformance  CPython's own asyncio test suite under the virtual loop"
@@ -72,6 +73,10 @@ browser-deps:
 		echo "note: no chromium here and no root apt-get; the browser test will be skipped" \
 			"(install it with: sudo apt-get install chromium)"; \
 	fi
+
+# labkit's wheel, without the course extra, in a fresh environment beside someone else's suite.
+adopter-trial:
+	PYTHON=$(PYTHON) tests/adopter_trial/run.sh
 
 # The same checks in .venv-3.X for each interpreter (tests/matrix.py); make test stays on one.
 test-matrix:
