@@ -378,7 +378,7 @@ def _where_the_test_waits(item: pytest.Item, error: DeadlockError) -> types.Trac
         return None
     tb: types.TracebackType | None = None
     for frame in reversed(chosen):
-        tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
+        tb = types.TracebackType(tb, frame, -1, frame.f_lineno)  # -1: no column, no carets
     return tb
 
 
