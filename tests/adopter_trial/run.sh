@@ -23,7 +23,7 @@ unzip -p "$WHEEL" '*.dist-info/METADATA' | grep -E '^Requires-Dist:' | grep -v '
 run "$PYTHON" -m venv "$WORK/venv"
 PY=$WORK/venv/bin/python
 run "$PY" -m pip install --quiet "$WHEEL" hypothesis anyio pytest-xdist pytest-randomly pytest-cov \
-    pytest-timeout
+    pytest-timeout pytest-rerunfailures
 cd "$WORK/project"
 echo "== baseline: the project's suite without labkit's plugin"
 run "$PY" -m pytest -q -p no:labkit -p no:randomly
@@ -43,6 +43,32 @@ for seed in 1 2; do
     run "$PY" -m pytest -q --labkit-loop=virtual -p randomly --randomly-seed=$seed --timeout=60
 done
 run "$PY" -m pytest -q --cov=retrykit --cov-report=term --labkit-loop=virtual
+echo "== a check's verdict is the test's own outcome: strict xfail, reruns, junit"
+cat > tests/test_adopting.py <<'PY'
+import asyncio
+
+import pytest
+
+
+@pytest.mark.labkit_hygiene
+async def test_leaks_a_task():
+    asyncio.create_task(asyncio.sleep(60), name="stray")
+
+
+@pytest.mark.xfail(strict=True, reason="the known leak")
+@pytest.mark.labkit_hygiene
+async def test_known_leak():
+    asyncio.create_task(asyncio.sleep(60), name="stray")
+PY
+set +e
+"$PY" -m pytest -q -p no:randomly --labkit-loop=virtual --reruns 1 --junitxml=junit.xml \
+    tests/test_adopting.py > adopting.txt 2>&1
+set -e
+tail -1 adopting.txt
+grep -q "1 failed, 1 xfailed, 1 rerun" adopting.txt || { cat adopting.txt; echo "FAIL"; exit 1; }
+grep -q "<failure" junit.xml && ! grep -q "<error" junit.xml \
+    || { echo "FAIL: junit does not show one failure"; exit 1; }
+rm tests/test_adopting.py
 echo "== the course commands without the extra: one line naming it (gradebook needs none)"
 for command in "build" "grade submission.ipynb" "lab" "gradebook export --csv"; do
     echo "+ labkit $command"
