@@ -301,7 +301,7 @@ def raised_by_checks(item: pytest.Item, error: BaseException) -> bool:
 # -- loop teardown -----------------------------------------------------------------------------
 
 
-def on_runner_setup(fixturedef: Any, request: pytest.FixtureRequest, runner: object) -> None:
+def on_runner_setup(fixturedef: Any, runner: object) -> None:
     """Ahead of a runner's own teardown, end the tasks left on its virtual loop (see below)."""
     if fixturedef.argname not in RUNNERS or not isinstance(runner, asyncio.Runner):
         return

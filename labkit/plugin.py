@@ -294,7 +294,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Iterator[None]:
     """Give a virtual loop's runner a teardown that survives tasks swallowing cancellation."""
     result = yield
-    _teardown.on_runner_setup(fixturedef, request, result)
+    _teardown.on_runner_setup(fixturedef, result)
     return result
 
 
