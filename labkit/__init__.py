@@ -17,6 +17,7 @@ from labkit.cancellation import (
     CancelSweepError,
     SweepPoint,
     cancel_at_every_await,
+    force_cancel,
     run_cancel_sweep,
     timeout_at_every_await,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "check_stream_pair",
     "check_transport",
     "explore",
+    "force_cancel",
     "format_timeline",
     "fragment",
     "is_blocked",

@@ -36,6 +36,7 @@ __all__ = [
     "raw_stack",
     "task_label",
     "waiting_at",
+    "waiting_on",
 ]
 
 # asyncio names unnamed tasks Task-N; Python 3.13.0 names them "None" when the loop has a task
@@ -170,3 +171,13 @@ def waiting_at(task: asyncio.Task[Any]) -> str:
     line = linecache.getline(code.co_filename, frames[-1].f_lineno).strip()
     where = Location(file_label(code.co_filename), frames[-1].f_lineno, code.co_qualname, line)
     return f"waiting at {where}"
+
+
+def waiting_on(task: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+    """The future a pending task waits on, or None when it is ready to run (or not a task).
+
+    asyncio keeps it in ``Task._fut_waiter``, in both of its Task implementations since 3.4;
+    there is no public way to ask.
+    """
+    waiter: asyncio.Future[Any] | None = getattr(task, "_fut_waiter", None)
+    return waiter

@@ -16,6 +16,14 @@ future it is about to wait for and the target sees ``CancelledError`` at that ve
 exactly as when another task cancels it there. The timeout flavour instead wraps the target in
 ``asyncio.timeout(None)`` and reschedules the deadline to "now" at the k-th yield.
 
+Two variations cover code that is correct only when it never finishes or is cancelled twice:
+``until_cancelled=True`` sweeps a worker meant to run until it is cancelled (its baseline run
+is cancelled once nothing is left for it to do, and must end in ``CancelledError``), and
+``twice=True`` cancels again at each suspension point of the clean-up that follows the first
+cancellation (the shielded-clean-up pattern must survive it). Tasks the target left running,
+such as a shielded clean-up, are waited for before ``check()`` runs, so it sees what they
+leave.
+
 Cost: a target with *n* suspension points is run ``n + 1`` times and run *k* executes about *k*
 steps, so the sweep costs about ``n²/2`` target steps. For a target with 200 awaits that is 201
 runs and about 20,300 steps: 0.4 to 0.9 s of real time on the kit's shared 2-core machine, on
@@ -28,13 +36,14 @@ import asyncio
 import concurrent.futures
 import inspect
 import linecache
+import math
 import re
 import types
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from labkit._stacks import file_label, in_asyncio, is_machinery
+from labkit._stacks import file_label, in_asyncio, is_machinery, task_label
 from labkit.backpressure import settle
 from labkit.deadlock import suspension_frames
 from labkit.loop import VirtualTimeLoop, new_virtual_loop
@@ -44,6 +53,7 @@ __all__ = [
     "CancelSweepError",
     "SweepPoint",
     "cancel_at_every_await",
+    "force_cancel",
     "run_cancel_sweep",
     "timeout_at_every_await",
 ]
@@ -69,7 +79,9 @@ _NEVER_SUSPENDED = (
 class SweepPoint:
     """One row of a sweep: where the target was cancelled and what happened then.
 
-    ``k`` is 1-based; row 0 is the baseline run without any cancellation.
+    ``k`` is 1-based; row 0 is the baseline run without any cancellation. A row of a
+    ``twice=True`` sweep cancels again ``again`` suspensions after point ``k`` (its label is
+    ``k+again``), and ``where``/``code`` name the await of that second cancellation.
 
     Example::
 
@@ -83,10 +95,16 @@ class SweepPoint:
     outcome: str
     ok: bool
     stack: tuple[str, ...] = ()
+    again: int = 0
     inner: str = ""
     """``file:line`` of the innermost await in the caller's own code, when the target's line
     (``where``) awaits a function of its own that suspended deeper (``pool.acquire()``)."""
     inner_code: str = ""
+
+    @property
+    def label(self) -> str:
+        """The ``k`` column: ``3``, or ``3+1`` for a second cancellation one suspension later."""
+        return f"{self.k}+{self.again}" if self.again else str(self.k)
 
     @property
     def cell(self) -> str:
@@ -108,7 +126,7 @@ class SweepPoint:
         """
         cell = self.inner_cell if inner else self.cell
         cell = cell if len(cell) <= width else cell[: width - 3] + "..."
-        return f"{self.k:>4}  {cell:<{width}}  {self.outcome}"
+        return f"{self.label:>4}  {cell:<{width}}  {self.outcome}"
 
 
 @dataclass(frozen=True)
@@ -130,11 +148,18 @@ class CancelSweep:
     mode: _Mode
     points: tuple[SweepPoint, ...] = field(default_factory=tuple)
     min_points: int = 1
+    until_cancelled: bool = False
+    twice: bool = False
 
     @property
     def suspension_points(self) -> int:
         """How many suspension points the baseline run found."""
-        return sum(1 for point in self.points if point.k > 0)
+        return sum(1 for point in self.points if point.k > 0 and not point.again)
+
+    @property
+    def second_cancellations(self) -> int:
+        """How many rows cancelled a second time, during the clean-up (``twice=True``)."""
+        return sum(1 for point in self.points if point.again)
 
     @property
     def failures(self) -> tuple[SweepPoint, ...]:
@@ -163,7 +188,15 @@ class CancelSweep:
             verdict += f", {failing} failing" if failing else ""
         else:
             verdict = "all ok" if not failing else f"{failing} failing"
-        lines = [f"{verb} sweep of {self.target}: {found} suspension point(s), {verdict}"]
+        kind = " (runs until cancelled)" if self.until_cancelled else ""
+        again = (
+            f", {self.second_cancellations} second cancellation(s) in clean-up"
+            if self.twice
+            else ""
+        )
+        lines = [
+            f"{verb} sweep of {self.target}{kind}: {found} suspension point(s){again}, {verdict}"
+        ]
         if found == 0 and self.too_few_points:
             lines.extend(_NEVER_SUSPENDED)
         elif self.too_few_points:
@@ -185,6 +218,10 @@ class CancelSweep:
         cells = [point.inner_cell if point.k in deeper else point.cell for point in self.points]
         width = min(max((len(cell) for cell in cells), default=0), _AWAIT_WIDTH)
         width = max(width, len("await"))
+        if self.twice and not self.second_cancellations and found:
+            lines.append(
+                "twice=True: no clean-up suspended after any point, so nothing was cancelled twice"
+            )
         lines.append(f"{'k':>4}  {'await':<{width}}  outcome")
         lines.extend(point.row(width, inner=point.k in deeper) for point in self.points)
         return "\n".join(lines)
@@ -231,6 +268,8 @@ async def cancel_at_every_await(
     limit: float = 600.0,
     raise_on_failure: bool = True,
     min_points: int = 1,
+    until_cancelled: bool | float = False,
+    twice: bool = False,
 ) -> CancelSweep:
     """Cancel a fresh instance of the target at each of its suspension points in turn.
 
@@ -250,6 +289,19 @@ async def cancel_at_every_await(
     without ever waiting. Pass ``min_points=0`` for a target that is meant never to suspend,
     or the number of awaits you expect, to catch fakes that stopped waiting.
 
+    ``until_cancelled=True`` is for a worker meant to run until it is cancelled
+    (``while True: await queue.get() ...``): its baseline run is cancelled where it waits once
+    nothing is left for it to do (on the virtual loop: once every timer has fired; on a real
+    loop: once the loop is idle), instead of being reported hung, and must end in
+    ``CancelledError`` too; the points swept are those it passed until then. For a worker that
+    polls on a timer (and so always has one pending), pass the seconds of loop time to let it
+    run instead of ``True``.
+    ``twice=True`` also cancels a second time at each suspension point of the clean-up that
+    follows each first cancellation (rows ``k+1``, ``k+2``...): clean-up that must not be cut
+    short (``await asyncio.shield(...)``) has to survive it, and every such run must end in
+    ``CancelledError``. Tasks the target leaves running when it ends (a shielded clean-up)
+    are reported ``left pending``, and waited for (up to ``limit``) before ``check()`` runs.
+
     Example::
 
         @pytest.mark.asyncio(loop_factories=["virtual"])
@@ -259,7 +311,9 @@ async def cancel_at_every_await(
                 lambda: pool.run(job), check=lambda: pool.assert_all_free()
             )
     """
-    return await _sweep(factory, "cancel", check, limit, raise_on_failure, min_points)
+    return await _sweep(
+        factory, "cancel", check, limit, raise_on_failure, min_points, until_cancelled, twice
+    )
 
 
 async def timeout_at_every_await(
@@ -269,18 +323,24 @@ async def timeout_at_every_await(
     limit: float = 600.0,
     raise_on_failure: bool = True,
     min_points: int = 1,
+    until_cancelled: bool | float = False,
+    twice: bool = False,
 ) -> CancelSweep:
     """Like :func:`cancel_at_every_await`, with an ``asyncio.timeout`` expiring at each point.
 
     Run *k* wraps the target in ``asyncio.timeout(None)`` and moves the deadline to "now" when
-    the target suspends for the *k*-th time; the run must end in ``TimeoutError``.
+    the target suspends for the *k*-th time; the run must end in ``TimeoutError``. With
+    ``twice=True`` the second interruption is a plain cancellation (an impatient caller),
+    so those runs must end in ``CancelledError``.
 
     Example::
 
         report = await labkit.timeout_at_every_await(lambda: fetch(client), check=client.idle)
         print(report)
     """
-    return await _sweep(factory, "timeout", check, limit, raise_on_failure, min_points)
+    return await _sweep(
+        factory, "timeout", check, limit, raise_on_failure, min_points, until_cancelled, twice
+    )
 
 
 def run_cancel_sweep(
@@ -291,6 +351,8 @@ def run_cancel_sweep(
     limit: float = 600.0,
     raise_on_failure: bool = True,
     min_points: int = 1,
+    until_cancelled: bool | float = False,
+    twice: bool = False,
 ) -> CancelSweep:
     """Run the sweep from synchronous code, on a fresh virtual loop of its own.
 
@@ -307,7 +369,10 @@ def run_cancel_sweep(
 
     def main() -> CancelSweep:
         with asyncio.Runner(loop_factory=new_virtual_loop) as runner:
-            return runner.run(_sweep(factory, mode, check, limit, raise_on_failure, min_points))
+            sweep = _sweep(
+                factory, mode, check, limit, raise_on_failure, min_points, until_cancelled, twice
+            )
+            return runner.run(sweep)
 
     try:
         asyncio.get_running_loop()
@@ -317,13 +382,56 @@ def run_cancel_sweep(
         return pool.submit(main).result()
 
 
+async def force_cancel(task: asyncio.Task[Any]) -> None:
+    """End a task that swallows its cancellation, so a test (and its loop) can finish cleanly.
+
+    A task that catches ``CancelledError`` and carries on waiting cannot be ended by
+    cancelling it again, and it deadlocks the loop's shutdown, which cancels every task left
+    and waits for them. This closes the task's coroutine instead: ``GeneratorExit`` is raised
+    where it waits, so its ``finally:`` blocks and ``with`` exits run (they cannot await), and
+    the task is done once this returns. Its outcome is retrieved, so nothing is logged; it is
+    not marked cancelled, since it never honoured a cancellation. A task that is already done
+    is left alone.
+
+    Example::
+
+        worker.cancel()
+        await labkit.run_until_idle()      # it caught the CancelledError and waits again
+        assert not worker.done()
+        await labkit.force_cancel(worker)
+        assert worker.done()
+    """
+    if task.done():
+        return
+    if task is asyncio.current_task():
+        raise RuntimeError(
+            "force_cancel() ends another task; a task ends itself by letting CancelledError "
+            "propagate (or by returning)"
+        )
+    close = getattr(task.get_coro(), "close", None)
+    if close is not None:
+        try:
+            close()
+        except RuntimeError as error:  # "coroutine ignored GeneratorExit"
+            raise RuntimeError(
+                f"{task_label(task)} cannot be ended: it catches GeneratorExit too ({error}); "
+                "catch CancelledError only to clean up, then re-raise it"
+            ) from None
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # the closed coroutine's RuntimeError: retrieved, never logged
+
+
 # -- the trampoline ------------------------------------------------------------------------
 
 
 class _Trampoline:
     """Drives the target's coroutine for its task, counting the values it yields."""
 
-    def __init__(self, target: Any, at: int, on_point: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, target: Any, at: tuple[int, ...] = (), on_point: Callable[[int], None] | None = None
+    ) -> None:
         self._target = target
         self._iterator: Any = target if _is_driveable(target) else target.__await__()
         self._at = at
@@ -360,11 +468,12 @@ class _Trampoline:
 
     def _suspended(self, yielded: Any) -> Any:
         self.count += 1
-        if self.count == self._at:
+        if self.count in self._at:
+            # The row names its last cancellation's await: the second one in a twice row.
             self.where, self.code, self.stack = _locate(self._target)
             self.inner, self.inner_code = _inner(self._target)
             if self._on_point is not None:
-                self._on_point()
+                self._on_point(self._at.index(self.count))
         return yielded
 
     def locate_now(self) -> tuple[str, str, tuple[str, ...]]:
@@ -421,9 +530,12 @@ def _inner(target: Any) -> tuple[str, str]:
 class _Run:
     trampoline: _Trampoline
     task: asyncio.Task[Any]
+    timeout: asyncio.Timeout | None = None
     problems: list[str] = field(default_factory=list)
     error: BaseException | None = None
     notes: list[str] = field(default_factory=list)
+    # until_cancelled: how many times the baseline had suspended when it was cancelled
+    cancelled_at: int | None = None
 
 
 def _new_target(factory: Factory) -> Any:
@@ -442,32 +554,32 @@ def _new_target(factory: Factory) -> Any:
     return target
 
 
-async def _start(factory: Factory, mode: _Mode, k: int) -> _Run:
+async def _start(factory: Factory, mode: _Mode, points: tuple[int, ...]) -> _Run:
     target = _new_target(factory)
-    deadlines: list[asyncio.Timeout] = []
+    holder: list[_Run] = []
 
-    def on_point() -> None:
-        # Called from inside the driving task's step. With an eager task factory (3.12+) its
-        # first steps run inside create_task(), before the task is handed back: so act on the
-        # running task itself, never on a handle kept from create_task().
-        if deadlines:
-            deadlines[0].reschedule(asyncio.get_running_loop().time())
+    def on_point(index: int) -> None:
+        run = holder[0]
+        if index == 0 and run.timeout is not None:
+            run.timeout.reschedule(asyncio.get_running_loop().time())
         else:
-            running = asyncio.current_task()
-            assert running is not None, "the sweep's point callback runs inside its task"
-            running.cancel()
+            run.task.cancel()  # a cancellation, or the second one of a twice row
 
-    trampoline = _Trampoline(target, k, on_point if k > 0 else None)
+    trampoline = _Trampoline(target, points, on_point if points else None)
 
     async def drive() -> Any:
         if mode == "timeout":
             async with asyncio.timeout(None) as deadline:
-                deadlines.append(deadline)
+                holder[0].timeout = deadline
                 return await trampoline
         return await trampoline
 
-    task = asyncio.get_running_loop().create_task(drive(), name=f"cancel-sweep:{k}")
-    return _Run(trampoline, task)
+    label = "+".join(str(point) for point in points) or "0"
+    # Built directly, not by the loop's task factory: an eager factory would run the target's
+    # first step, and reach its first point, before this task exists to be cancelled.
+    task = asyncio.Task(drive(), loop=asyncio.get_running_loop(), name=f"cancel-sweep:{label}")
+    holder.append(_Run(trampoline, task))
+    return holder[0]
 
 
 def _task_label(task: asyncio.Task[Any]) -> str:
@@ -487,8 +599,34 @@ def _task_label(task: asyncio.Task[Any]) -> str:
     return f"{name} (not started)"
 
 
-async def _finish(run: _Run, mode: _Mode, k: int, limit: float) -> None:
+async def _let_run(run: _Run, until: bool | float, limit: float) -> None:
+    """until_cancelled: let the baseline run until nothing is left to do, then cancel it.
+
+    On the virtual loop that is when every timer has fired (the clock then jumps to ``limit``,
+    at no cost); on a real loop, when the loop is idle; ``until`` seconds if it is a number.
+    """
     task = run.task
+    if until is True and isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
+        await asyncio.wait({task}, timeout=limit)
+    elif until is True:
+        try:
+            await settle(any_loop=True)
+        except AssertionError as error:  # it never blocks: cancel it anyway, and say so
+            run.problems.append(str(error))
+    else:
+        await asyncio.wait({task}, timeout=float(until))
+    if not task.done():
+        run.cancelled_at = run.trampoline.count
+        task.cancel()
+
+
+async def _finish(
+    run: _Run, mode: _Mode, points: tuple[int, ...], limit: float, until: bool | float
+) -> None:
+    task = run.task
+    if not points and until is not False:
+        await _let_run(run, until, limit)
+    cancelled = bool(points) or run.cancelled_at is not None
     done, _ = await asyncio.wait({task}, timeout=limit)
     if not done:
         where = run.trampoline.locate_now()[0]
@@ -497,20 +635,24 @@ async def _finish(run: _Run, mode: _Mode, k: int, limit: float) -> None:
         done, _ = await asyncio.wait({task}, timeout=limit)
         if not done:
             run.problems.append("and it ignores cancellation")
+            await force_cancel(task)
             return
-        if k > 0:
+        if cancelled:
             return
-    if k == 0:
+    if not cancelled:
         if not task.cancelled():
             run.error = task.exception()
         return
-    expected = asyncio.CancelledError if mode == "cancel" else TimeoutError
+    # A single cancellation of the timeout flavour must come out as TimeoutError; a second
+    # cancellation, or the one ending a run-until-cancelled baseline, as CancelledError.
+    timeout = mode == "timeout" and len(points) == 1
+    expected = TimeoutError if timeout else asyncio.CancelledError
     delivered = run.trampoline.delivered_at
-    if delivered is not None and delivered != k:
+    if points and delivered is not None and delivered != points[0]:
         # The deadline's callback ran after the awaited future was already resolved.
         run.notes.append(f"the deadline landed at point {delivered}")
     if task.cancelled():
-        if mode == "timeout":
+        if timeout:
             run.problems.append("CancelledError escaped instead of TimeoutError")
         return
     error = task.exception()
@@ -529,7 +671,7 @@ async def _check_after(check: Check | None) -> str | None:
             result = await result
         if result is False:
             name = getattr(check, "__qualname__", "check")
-            label = "check()" if name == "<lambda>" else f"{name}()"
+            label = "check()" if name.endswith("<lambda>") else f"{name}()"
             return f"check failed: {label} returned False"
     except AssertionError as error:
         message = str(error).strip().splitlines()
@@ -539,13 +681,9 @@ async def _check_after(check: Check | None) -> str | None:
     return None
 
 
-async def _run_once(
-    factory: Factory, mode: _Mode, check: Check | None, k: int, limit: float
-) -> tuple[SweepPoint, int, str]:
+async def _wait_for_leftovers(run: _Run, before: set[asyncio.Task[Any]], limit: float) -> None:
+    """Report the tasks the run left running; let them finish (a shielded clean-up) first."""
     loop = asyncio.get_running_loop()
-    before = asyncio.all_tasks(loop)
-    run = await _start(factory, mode, k)
-    await _finish(run, mode, k, limit)
     try:
         await settle(any_loop=True)
     except (AssertionError, RuntimeError) as error:  # a leftover task that never blocks
@@ -554,20 +692,44 @@ async def _run_once(
         (t for t in asyncio.all_tasks(loop) - before if t is not run.task and not t.done()),
         key=_task_label,
     )
-    if leftovers:
-        labels = ", ".join(_task_label(t) for t in leftovers)
-        run.problems.append(f"left pending: {labels}")
-        for leftover in leftovers:
-            leftover.cancel()
-        await asyncio.wait(leftovers, timeout=limit)
+    if not leftovers:
+        return
+    labels = ", ".join(_task_label(t) for t in leftovers)
+    run.problems.append(f"left pending: {labels}")
+    _, still = await asyncio.wait(leftovers, timeout=limit)
+    for leftover in still:
+        leftover.cancel()
+    if still:
+        _, stuck = await asyncio.wait(still, timeout=limit)
+        for leftover in stuck:
+            await force_cancel(leftover)
+
+
+async def _run_once(
+    factory: Factory,
+    mode: _Mode,
+    check: Check | None,
+    points: tuple[int, ...],
+    limit: float,
+    until: bool | float,
+) -> tuple[SweepPoint, _Run]:
+    loop = asyncio.get_running_loop()
+    before = asyncio.all_tasks(loop)
+    run = await _start(factory, mode, points)
+    await _finish(run, mode, points, limit, until)
+    await _wait_for_leftovers(run, before, limit)
     if run.error is not None:
         raise run.error
     problem = await _check_after(check)
     if problem is not None:
         run.problems.append(problem)
-    if k == 0:
-        where, code = "(baseline)", "no cancellation"
-    elif run.trampoline.count < k:
+    if not points:
+        where = "(baseline)"
+        if run.cancelled_at is None:
+            code = "no cancellation"
+        else:
+            code = "cancelled once idle" if until is True else f"cancelled after {until:g} s"
+    elif run.trampoline.count < points[-1]:
         where, code = "?", ""
         run.problems.insert(
             0,
@@ -577,12 +739,14 @@ async def _run_once(
     else:
         where, code = run.trampoline.where, run.trampoline.code
     outcome = "; ".join(run.problems) or "; ".join(["ok", *run.notes])
-    inner = run.trampoline.inner if k > 0 and where != "?" else ""
+    k = points[0] if points else 0
+    again = points[-1] - points[0] if len(points) > 1 else 0
+    inner = run.trampoline.inner if points and where != "?" else ""
     inner_code = run.trampoline.inner_code if inner else ""
     point = SweepPoint(
-        k, where, code, outcome, not run.problems, run.trampoline.stack, inner, inner_code
+        k, where, code, outcome, not run.problems, run.trampoline.stack, again, inner, inner_code
     )
-    return point, run.trampoline.count, run.trampoline.name
+    return point, run
 
 
 async def _sweep(
@@ -592,12 +756,23 @@ async def _sweep(
     limit: float,
     raise_on_failure: bool,
     min_points: int,
+    until: bool | float = False,
+    twice: bool = False,
 ) -> CancelSweep:
     _validate(factory, limit)
     if not isinstance(min_points, int) or isinstance(min_points, bool) or min_points < 0:
         raise ValueError(
             f"min_points must be a whole number of suspension points >= 0, got {min_points!r}"
         )
+    if not isinstance(until, (bool, int, float)) or (
+        not isinstance(until, bool) and not (until > 0 and math.isfinite(until))
+    ):
+        raise ValueError(
+            "until_cancelled must be True (cancel the worker once the loop is idle), a number "
+            f"of seconds of loop time > 0 to let it run first, or False; got {until!r}"
+        )
+    if not isinstance(twice, bool):
+        raise TypeError(f"twice must be True or False, got {twice!r}")
     if check is not None and not callable(check):
         raise TypeError(
             f"check must be a function the sweep calls after each run, got "
@@ -610,12 +785,22 @@ async def _sweep(
             "the cancellation sweep needs a clock that moves by itself, but this VirtualTimeLoop "
             "has autojump=False: run it on an autojump loop (the default) or a real loop"
         )
-    baseline, count, name = await _run_once(factory, mode, check, 0, limit)
+    baseline, run = await _run_once(factory, mode, check, (), limit, until)
+    count = run.cancelled_at if run.cancelled_at is not None else run.trampoline.count
     points = [baseline]
     for k in range(1, count + 1):
-        point, _, _ = await _run_once(factory, mode, check, k, limit)
+        point, single = await _run_once(factory, mode, check, (k,), limit, until)
         points.append(point)
-    report = CancelSweep(name, mode, tuple(points), min_points)
+        if not twice:
+            continue
+        # The suspensions after the first cancellation are the clean-up's: cancel at each again.
+        for again in range(1, single.trampoline.count - k + 1):
+            point, _ = await _run_once(factory, mode, check, (k, k + again), limit, until)
+            points.append(point)
+    until_cancelled = until is not False
+    report = CancelSweep(
+        run.trampoline.name, mode, tuple(points), min_points, until_cancelled, twice
+    )
     if raise_on_failure:
         report.assert_ok()
     return report

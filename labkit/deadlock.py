@@ -68,6 +68,14 @@ def describe_task(task: asyncio.Task[Any]) -> str:
         lines.append("    (not started yet)")
     for frame in frames:
         lines.append(f"    waiting at {_where(frame)}")
+    cancels = task.cancelling()
+    if cancels and frames:
+        times = "once" if cancels == 1 else f"{cancels} times"
+        lines.append(
+            f"    it holds a swallowed cancellation: cancelled {times}, it caught CancelledError "
+            "and waits again (or its clean-up waits for something that never comes). Let "
+            "CancelledError propagate; a test can end it with `await labkit.force_cancel(task)`"
+        )
     return "\n".join(lines)
 
 
@@ -87,4 +95,10 @@ def deadlock_message(tasks: list[asyncio.Task[Any]], *, manual_clock: bool) -> s
     if not tasks:
         return head + " No task is pending."
     body = "\n".join(describe_task(t) for t in tasks)
+    swallowed = sum(1 for task in tasks if task.cancelling())
+    if swallowed:
+        head += (
+            f" {swallowed} of the tasks {'was' if swallowed == 1 else 'were'} cancelled and "
+            "kept waiting: a swallowed cancellation."
+        )
     return f"{head}\n{len(tasks)} pending task(s):\n{body}"

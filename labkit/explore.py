@@ -659,13 +659,18 @@ def run_explore_marker(item: Any) -> bool:
             f"labkit_explore got unknown option(s) {unknown}; it takes {', '.join(_MARKER_KEYS)}",
             pytrace=False,
         )
-    if item.get_closest_marker("asyncio") is not None:
+    asyncio_marker = item.get_closest_marker("asyncio")
+    named = asyncio_marker.kwargs.get("loop_factories") if asyncio_marker is not None else None
+    if named is not None and list(named) != ["virtual"]:
+        # A module or suite put on the virtual loop (loop_factories=["virtual"], or any
+        # asyncio marker without loop_factories) is fine: exploration runs there anyway.
         pytest.fail(
-            "a labkit_explore test runs on fresh virtual loops of its own: remove "
-            "@pytest.mark.asyncio from it (and any asyncio pytestmark that reaches it)",
+            "a labkit_explore test runs on fresh virtual loops of its own, so its "
+            f"loop_factories can only be ['virtual'], not {list(named)!r}",
             pytrace=False,
         )
-    function = item.obj
+    # pytest-asyncio wraps an asyncio test's function while it runs it: explore the original.
+    function = inspect.unwrap(item.obj)
     if not inspect.iscoroutinefunction(function):
         pytest.fail("labkit_explore marks `async def` tests only", pytrace=False)
     options = dict(marker.kwargs)

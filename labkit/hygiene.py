@@ -12,7 +12,8 @@ loop: asyncio's, uvloop and :class:`labkit.VirtualTimeLoop`.
 
 In pytest, turn it on per test with ``@pytest.mark.labkit_hygiene`` or for a whole suite with
 the ini option ``labkit_hygiene = true``; the ``task_tracker`` fixture gives the test its
-tracker.
+tracker. A task left pending by the test body fails the test itself (so ``xfail`` and ``-x``
+treat it as an assertion); one a fixture left behind fails at teardown.
 
 Example::
 
@@ -28,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import re
 import sys
@@ -36,7 +38,7 @@ import warnings
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from labkit._stacks import (
     Raw,
@@ -48,6 +50,7 @@ from labkit._stacks import (
     task_label,
     waiting_at,
 )
+from labkit.cancellation import force_cancel
 from labkit.trace import Location
 
 __all__ = ["HygieneError", "HygieneProblem", "TaskTracker"]
@@ -93,6 +96,20 @@ class HygieneError(AssertionError):
 
 class _TrackedTask(asyncio.Task[Any]):
     """asyncio's Task with room for its creation stack (the C Task has no ``__dict__``)."""
+
+    def set_name(self, value: object) -> None:
+        # CPython 3.13.0 to 3.13.2 call set_name(None) on every task a factory made (CPython
+        # gh-130033), which names each unnamed task 'None': keep asyncio's 'Task-N' instead.
+        if value is not None:
+            super().set_name(value)
+
+
+# A loop that runs eager tasks (3.12+) keeps doing so while tracked: the tracker makes them.
+_EAGER_FACTORY: Any = None
+_EAGER_TRACKED: Any = None
+if sys.version_info >= (3, 12):
+    _EAGER_FACTORY = asyncio.eager_task_factory
+    _EAGER_TRACKED = asyncio.create_eager_task_factory(_TrackedTask)
 
 
 def _raised_at(error: BaseException) -> str:
@@ -147,6 +164,10 @@ class TaskTracker:
         self._origins: weakref.WeakKeyDictionary[asyncio.Future[Any], tuple[Raw, ...]] = (
             weakref.WeakKeyDictionary()
         )
+        self._numbers: weakref.WeakKeyDictionary[asyncio.Future[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._created = 0
         self._problems: list[HygieneProblem] = []
         self._previous_factory: Any = None
         self._previous_handler: Any = None
@@ -176,7 +197,7 @@ class TaskTracker:
                 ) from None
         self._loop = loop
         self._previous_factory = loop.get_task_factory()
-        loop.set_task_factory(self._factory)  # type: ignore[arg-type]
+        loop.set_task_factory(cast(Any, self._factory))  # its stub differs per Python version
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._handler)
         self._thread = threading.get_ident()
@@ -198,16 +219,20 @@ class TaskTracker:
     ) -> asyncio.Future[Any]:
         raw = raw_stack(sys._getframe(1), self.depth)
         task: asyncio.Future[Any]
-        if self._previous_factory is not None:
-            task = self._previous_factory(loop, coro, **kwargs)
-            try:
-                setattr(task, _ORIGIN_ATTRIBUTE, raw)
-            except AttributeError:
-                pass
+        previous = self._previous_factory
+        if previous is not None and previous is _EAGER_FACTORY:
+            task = _EAGER_TRACKED(loop, coro, **kwargs)
+        elif previous is not None:
+            task = previous(loop, coro, **kwargs)
         else:
             task = _TrackedTask(coro, loop=loop, **kwargs)
+        try:
             setattr(task, _ORIGIN_ATTRIBUTE, raw)
+        except AttributeError:
+            pass
+        self._created += 1
         self._origins[task] = raw
+        self._numbers[task] = self._created
         return task
 
     def _handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -249,6 +274,17 @@ class TaskTracker:
             me = None
         return [t for t in self.tasks if not t.done() and t is not me]
 
+    def mark(self) -> int:
+        """How many tasks were created while tracking so far: a bookmark for :meth:`check`.
+
+        Example::
+
+            mark = tracker.mark()
+            await handle(request)
+            assert tracker.check(since=mark) == []
+        """
+        return self._created
+
     def origin(self, task: asyncio.Future[Any]) -> tuple[Location, ...]:
         """Where a tracked task was created (your code only, most recent call last)."""
         raw = getattr(task, _ORIGIN_ATTRIBUTE, None) or self._origins.get(task, ())
@@ -257,9 +293,13 @@ class TaskTracker:
     # -- finishing ----------------------------------------------------------------------------
 
     def _pending_problems(
-        self, exclude: asyncio.Task[Any] | None = None
+        self, exclude: asyncio.Task[Any] | None = None, since: int = 0
     ) -> tuple[list[HygieneProblem], list[asyncio.Task[Any]]]:
-        pending = [t for t in self.tasks if not t.done() and t is not exclude]
+        pending = [
+            t
+            for t in self.tasks
+            if not t.done() and t is not exclude and self._numbers.get(t, 0) > since
+        ]
         problems = []
         for task in pending:
             if task.cancelling():
@@ -273,24 +313,12 @@ class TaskTracker:
             )
         return problems, pending
 
-    def _uninstall(self) -> list[HygieneProblem]:
-        """Collect garbage (so dropped tasks report), restore every hook; the late problems."""
-        loop = self._loop
-        assert loop is not None
+    def _late_problems(self) -> list[HygieneProblem]:
+        """Collect garbage (so dropped tasks report); take the problems found since last time."""
         gc.collect()
-        if self._froze:
-            gc.unfreeze()
-            self._froze = False
-        if loop.get_exception_handler() == self._handler:
-            loop.set_exception_handler(self._previous_handler)
-        if threading.get_ident() == self._thread:
-            sys.set_coroutine_origin_tracking_depth(self._previous_depth)
-        caught, self._caught = self._caught, []
-        if self._warnings is not None:
-            self._warnings.__exit__(None, None, None)
-            self._warnings = None
-        problems = list(self._problems)
-        for message in caught:
+        problems, self._problems = self._problems, []
+        others: list[warnings.WarningMessage] = []
+        for message in self._caught:
             found = _UNAWAITED.match(str(message.message))
             if found and issubclass(message.category, RuntimeWarning):
                 origin = getattr(message.source, "cr_origin", None) or ()
@@ -303,13 +331,34 @@ class TaskTracker:
                     )
                 )
             else:
-                warnings.warn_explicit(
-                    message.message,
-                    message.category,
-                    message.filename,
-                    message.lineno,
-                    source=message.source,
-                )
+                others.append(message)
+        self._caught[:] = others  # the list the warnings machinery appends to
+        return problems
+
+    def _uninstall(self) -> list[HygieneProblem]:
+        """Restore every hook (after a last collection); the late problems."""
+        loop = self._loop
+        assert loop is not None
+        problems = self._late_problems()
+        if self._froze:
+            gc.unfreeze()
+            self._froze = False
+        if loop.get_exception_handler() == self._handler:
+            loop.set_exception_handler(self._previous_handler)
+        if threading.get_ident() == self._thread:
+            sys.set_coroutine_origin_tracking_depth(self._previous_depth)
+        caught, self._caught = self._caught, []
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
+        for message in caught:
+            warnings.warn_explicit(
+                message.message,
+                message.category,
+                message.filename,
+                message.lineno,
+                source=message.source,
+            )
         self._installed = False
         return problems
 
@@ -319,6 +368,32 @@ class TaskTracker:
         if loop.get_task_factory() == self._factory:
             loop.set_task_factory(self._previous_factory)
 
+    def check(self, *, since: int = 0) -> list[HygieneProblem]:
+        """Every problem found so far, and keep tracking; call it from outside the loop.
+
+        Tasks created after the :meth:`mark` ``since`` that are still pending are problems;
+        they are then cancelled and run to their end on the (stopped) loop, so each problem
+        is reported once. So are exceptions nobody retrieved and coroutines never awaited,
+        found so far. This is what the pytest plugin calls when the test body returns.
+
+        Example::
+
+            mark = tracker.mark()
+            loop.run_until_complete(handle(request))
+            assert tracker.check(since=mark) == []
+        """
+        if not self._installed:
+            raise RuntimeError("this TaskTracker is not installed; call install() first")
+        loop = self._loop
+        assert loop is not None
+        problems, pending = self._pending_problems(since=since)
+        if pending and not loop.is_closed() and not loop.is_running():
+            for task in pending:
+                task.cancel()
+            stubborn = loop.run_until_complete(_reap(pending))
+            problems = _note_stubborn(problems, pending, stubborn)
+        return problems + self._late_problems()
+
     def finish(self) -> list[HygieneProblem]:
         """Stop tracking (from outside the loop) and return every problem found.
 
@@ -326,15 +401,8 @@ class TaskTracker:
         """
         if not self._installed:
             raise RuntimeError("this TaskTracker is not installed; call install() first")
-        loop = self._loop
-        assert loop is not None
         self._stop_tracking()
-        problems, pending = self._pending_problems()
-        if pending and not loop.is_closed() and not loop.is_running():
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(_reap(pending))
-        return problems + self._uninstall()
+        return self.check() + self._uninstall()
 
     async def afinish(self) -> list[HygieneProblem]:
         """Stop tracking (from a task on the loop) and return every problem found."""
@@ -344,8 +412,8 @@ class TaskTracker:
         problems, pending = self._pending_problems(exclude=asyncio.current_task())
         for task in pending:
             task.cancel()
-        await _reap(pending)
-        return problems + self._uninstall()
+        stubborn = await _reap(pending)
+        return _note_stubborn(problems, pending, stubborn) + self._uninstall()
 
     def __enter__(self) -> TaskTracker:
         return self.install()
@@ -364,14 +432,42 @@ class TaskTracker:
         return f"<TaskTracker {state}: {len(self.tasks)} live task(s)>"
 
 
-async def _reap(tasks: list[asyncio.Task[Any]]) -> None:
-    """Wait for cancelled leftovers, and mark their outcomes retrieved (no log noise)."""
+async def _reap(tasks: list[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Wait for cancelled leftovers and mark their outcomes retrieved (no log noise); end
+    those that swallow the cancellation with :func:`labkit.force_cancel`, and return them."""
     if not tasks:
-        return
-    await asyncio.wait(tasks, timeout=1.0)  # a task that ignores cancellation is left to the runner
+        return []
+    await asyncio.wait(tasks, timeout=1.0)
+    stubborn = [task for task in tasks if not task.done()]
+    for task in stubborn:
+        try:
+            await force_cancel(task)
+        except RuntimeError:
+            pass  # it catches GeneratorExit too: left to the loop's shutdown
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()
+    return stubborn
+
+
+def _note_stubborn(
+    problems: list[HygieneProblem],
+    pending: list[asyncio.Task[Any]],
+    stubborn: list[asyncio.Task[Any]],
+) -> list[HygieneProblem]:
+    """The pending problems, those of tasks that swallowed the cleanup's cancellation marked."""
+    if not stubborn:
+        return problems
+    by_task = dict(zip(pending, problems, strict=False))
+    for task in stubborn:
+        problem = by_task.get(task)
+        if problem is not None:
+            by_task[task] = dataclasses.replace(
+                problem,
+                detail=problem.detail + "; cancelled, it caught CancelledError and kept waiting "
+                "(a swallowed cancellation), so labkit.force_cancel ended it",
+            )
+    return [by_task.get(task, problem) for task, problem in zip(pending, problems, strict=False)]
 
 
 def _raise(problems: list[HygieneProblem], exc: BaseException | None) -> None:

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import inspect
 import re
@@ -112,7 +113,7 @@ class ResourceLeakError(AssertionError):
 class _Held:
     ref: weakref.ref[Any]
     description: str
-    stacks: list[tuple[Raw, ...]]
+    stacks: list[tuple[int, tuple[Raw, ...]]]  # (the acquisition's number, its stack)
     key: int
 
 
@@ -143,10 +144,13 @@ class ResourceTracker:
         # and hashes like its referent, which would merge equal resources (and fail on
         # unhashable ones, such as a plain dataclass).
         self._held: dict[int, _Held] = {}
-        self._collected: list[Leak] = []
-        self._problems: list[str] = []
+        self._collected: list[tuple[int, Leak]] = []
+        self._problems: list[tuple[int, str]] = []
         self._acquisitions = 0
         self._releases = 0
+        # Every acquisition and every bad release gets the next number: mark() reads it.
+        self._events = 0
+        self._acquired: list[int] = []
 
     # -- recording ----------------------------------------------------------------------------
 
@@ -186,11 +190,13 @@ class ResourceTracker:
         with self._lock:
             self._reap()
             self._acquisitions += 1
+            self._events += 1
+            self._acquired.append(self._events)
             held = self._find(resource)
             if held is None:
                 held = _Held(ref, _describe(resource), [], key)
                 self._held[key] = held
-            held.stacks.append(raw)
+            held.stacks.append((self._events, raw))
         return resource
 
     def _find(self, resource: object) -> _Held | None:
@@ -210,9 +216,13 @@ class ResourceTracker:
             held = self._find(resource)
             if held is None:
                 where = format_stack(locations(raw, self.depth), "      ")
+                self._events += 1
                 self._problems.append(
-                    f"{_describe(resource)} was released but is not held (never acquired, or "
-                    f"released twice), at\n{where}"
+                    (
+                        self._events,
+                        f"{_describe(resource)} was released but is not held (never acquired, "
+                        f"or released twice), at\n{where}",
+                    )
                 )
                 return
             self._releases += 1
@@ -234,8 +244,9 @@ class ResourceTracker:
                 self._file_collected(self._held.pop(key))
 
     def _file_collected(self, held: _Held) -> None:
-        for raw in held.stacks:
-            self._collected.append(Leak(held.description, True, locations(raw, self.depth)))
+        for number, raw in held.stacks:
+            leak = Leak(held.description, True, locations(raw, self.depth))
+            self._collected.append((number, leak))
 
     # -- decorators ---------------------------------------------------------------------------
 
@@ -344,28 +355,61 @@ class ResourceTracker:
             self._reap()
             return sum(len(h.stacks) for h in self._held.values()) + len(self._collected)
 
-    def leaks(self) -> list[Leak]:
-        """Every acquisition not released: resources still held, then those collected."""
-        return self._leaks(None)
+    def mark(self) -> int:
+        """A bookmark in the tracker's history, for ``since=`` / ``before=`` of the checks.
 
-    def _leaks(self, loop: asyncio.AbstractEventLoop | None) -> list[Leak]:
+        The pytest fixture uses it to tell what the test body acquired (it must be released
+        when the body returns) from what fixtures acquired around it.
+
+        Example::
+
+            mark = tracker.mark()
+            await handle(pool, request)
+            tracker.assert_all_released(since=mark)   # only what handle() acquired
+        """
+        with self._lock:
+            return self._events
+
+    def leaks(self, *, since: int = 0, before: int | None = None) -> list[Leak]:
+        """Every acquisition not released: resources still held, then those collected.
+
+        ``since`` / ``before`` (from :meth:`mark`) keep the acquisitions made after / up to
+        that bookmark.
+        """
+        return self._leaks(None, since, before)
+
+    def _leaks(
+        self, loop: asyncio.AbstractEventLoop | None, since: int = 0, before: int | None = None
+    ) -> list[Leak]:
+        def kept(number: int) -> bool:
+            return number > since and (before is None or number <= before)
+
         with self._lock:
             self._reap()
-            held = list(self._held.values())
-            collected = list(self._collected)
+            held = [h for h in self._held.values() if any(kept(n) for n, _raw in h.stacks)]
+            collected = [leak for number, leak in self._collected if kept(number)]
         holders = _holders(loop, held) if loop is not None else {}
         still = [
             Leak(h.description, False, locations(raw, self.depth), holders.get(h.key, ""))
             for h in held
-            for raw in h.stacks
+            for number, raw in h.stacks
+            if kept(number)
         ]
         return still + collected
 
-    def assert_all_released(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def assert_all_released(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        since: int = 0,
+        before: int | None = None,
+    ) -> None:
         """Raise :class:`ResourceLeakError` listing every leaked resource and where it came from.
 
         With ``loop`` (a loop that is not running, such as a test's loop after the test), each
         resource still held also names the pending task of that loop that references it.
+        ``since`` / ``before`` (from :meth:`mark`) check only what was acquired, or released
+        wrongly, after / up to that bookmark.
 
         Example::
 
@@ -374,18 +418,33 @@ class ResourceTracker:
             #   Connection('db') (still held), acquired at
             #       service.py:14 in handle: conn = await pool.acquire()
         """
-        error = self._error(loop)
+        error = self.error(loop=loop, since=since, before=before)
         if error is not None:
             raise error
 
-    def _error(self, loop: asyncio.AbstractEventLoop | None) -> ResourceLeakError | None:
-        """What :meth:`assert_all_released` raises, or None; with ``loop`` (not running), each
-        resource still held names the pending task of that loop that references it."""
-        leaks = self._leaks(loop)
+    def error(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        since: int = 0,
+        before: int | None = None,
+    ) -> ResourceLeakError | None:
+        """What :meth:`assert_all_released` would raise, or None when everything was released.
+
+        Example::
+
+            problem = tracker.error()
+            if problem is not None:
+                print(problem.leaks)
+        """
+        leaks = self._leaks(loop, since, before)
+        last = before if before is not None else self._events
         with self._lock:
             self._reap()
-            problems = list(self._problems)
-            total = self._acquisitions
+            problems = [text for number, text in self._problems if since < number <= last]
+            total = bisect.bisect_right(self._acquired, last) - bisect.bisect_right(
+                self._acquired, since
+            )
         if not leaks and not problems:
             return None
         lines: list[str] = []
@@ -404,6 +463,7 @@ class ResourceTracker:
             self._held.clear()
             self._collected.clear()
             self._problems.clear()
+            self._acquired.clear()
             self._acquisitions = 0
             self._releases = 0
 

@@ -666,3 +666,253 @@ async def test_a_leftover_task_is_named_by_its_coroutine_under_a_task_factory() 
     finally:
         loop.set_task_factory(None)
     assert report.points[0].outcome == "left pending: sleep() waiting inside asyncio.sleep"
+
+
+# -- workers that run until cancelled, second cancellations, shielded clean-up ----------------
+
+
+async def queue_worker(queue: asyncio.Queue[int], done: list[int]) -> None:
+    while True:
+        item = await queue.get()  # point: worker get
+        done.append(item)
+
+
+async def stubborn_worker(queue: asyncio.Queue[int], done: list[int]) -> None:
+    while True:
+        try:
+            item = await queue.get()  # point: stubborn get
+        except asyncio.CancelledError:
+            continue  # the bug: every cancellation is swallowed
+        done.append(item)
+
+
+def loaded(worker: Callable[[asyncio.Queue[int], list[int]], Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        queue.put_nowait(1)
+        asyncio.get_running_loop().call_later(1, queue.put_nowait, 2)
+        return worker(queue, [])
+
+    return make
+
+
+@VIRTUAL
+async def test_a_worker_that_runs_until_cancelled_is_swept_not_reported_hung() -> None:
+    """Zoo: a correct run-until-cancelled worker used to fail its baseline as "hung"."""
+    report = await labkit.cancel_at_every_await(
+        loaded(queue_worker), limit=30, raise_on_failure=False
+    )
+    assert report.points[0].outcome.startswith("hung: still waiting")
+    report = await labkit.cancel_at_every_await(loaded(queue_worker), until_cancelled=True)
+    assert report.ok
+    assert report.until_cancelled
+    assert report.points[0].cell == "(baseline)  cancelled once idle"
+    assert report.suspension_points == 2  # the get that waits for item 2, then the next one
+    assert {p.where for p in report.points[1:]} == {f"{THIS_FILE}:{line_of('point: worker get')}"}
+    assert (
+        report.table()
+        .splitlines()[0]
+        .startswith(
+            "cancel sweep of queue_worker() (runs until cancelled): 2 suspension point(s), all ok"
+        )
+    )
+
+
+@VIRTUAL
+async def test_a_worker_that_swallows_every_cancellation_is_reported_and_ended() -> None:
+    report = await labkit.cancel_at_every_await(
+        loaded(stubborn_worker), until_cancelled=True, limit=30, raise_on_failure=False
+    )
+    line = line_of("point: stubborn get")
+    assert report.points[0].outcome == (
+        f"hung: still waiting at {THIS_FILE}:{line} after 30 s; and it ignores cancellation"
+    )
+    assert all(not p.ok for p in report.points)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+@VIRTUAL
+async def test_a_polling_worker_runs_for_the_seconds_given() -> None:
+    polls: list[float] = []
+
+    async def poller() -> None:
+        while True:
+            await asyncio.sleep(1)  # point: poll
+            polls.append(asyncio.get_running_loop().time())
+
+    report = await labkit.cancel_at_every_await(poller, until_cancelled=3.5)
+    assert report.suspension_points == 4  # it waited at 0, 1, 2 and 3 s, and was cancelled at 3.5
+    assert report.points[0].code == "cancelled after 3.5 s"
+    with pytest.raises(ValueError, match="until_cancelled must be True"):
+        await labkit.cancel_at_every_await(poller, until_cancelled=-1)
+
+
+class Sessions:
+    """Counts sessions opened and closed: every session must say goodbye to the server."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed = 0
+
+    def all_closed(self) -> bool:
+        return self.closed == self.opened
+
+
+async def session(sessions: Sessions, *, style: str) -> None:
+    sessions.opened += 1
+
+    async def close() -> None:
+        await asyncio.sleep(0.5)  # point: close sleep
+        sessions.closed += 1
+
+    try:
+        await asyncio.sleep(1)  # point: session work
+    finally:
+        closing = asyncio.ensure_future(close())
+        if style == "shield alone":
+            await asyncio.shield(closing)  # point: shield alone
+        elif style == "await once":
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                await closing  # point: await once
+                raise
+        else:  # "until done": survives any number of cancellations
+            cancelled: asyncio.CancelledError | None = None
+            while not closing.done():
+                try:
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError as error:
+                    cancelled = error
+            if cancelled is not None:
+                raise cancelled
+
+
+@VIRTUAL
+async def test_the_check_waits_for_a_shielded_clean_up_to_finish() -> None:
+    """Zoo: the check used to run (and the clean-up be cancelled) before the shield finished."""
+    sessions = Sessions()
+    report = await labkit.cancel_at_every_await(
+        lambda: session(sessions, style="shield alone"),
+        check=sessions.all_closed,
+        raise_on_failure=False,
+    )
+    failing = report.failures
+    assert [p.k for p in failing] == [2]
+    assert failing[0].outcome == (
+        f"left pending: session.<locals>.close() at {THIS_FILE}:{line_of('point: close sleep')}"
+    )  # reported for outliving the caller, but the clean-up finished and the check passed
+    assert sessions.all_closed()
+
+
+@VIRTUAL
+async def test_twice_cancels_again_during_the_clean_up() -> None:
+    """Zoo: the sweep never cancelled twice, so a clean-up cut short by a second cancel passed."""
+    sessions = Sessions()
+    report = await labkit.cancel_at_every_await(
+        lambda: session(sessions, style="await once"), check=sessions.all_closed
+    )
+    assert report.ok  # one cancellation at a time: fine
+    report = await labkit.cancel_at_every_await(
+        lambda: session(sessions, style="await once"),
+        check=sessions.all_closed,
+        twice=True,
+        raise_on_failure=False,
+    )
+    assert [p.label for p in report.points] == ["0", "1", "1+1", "2", "2+1"]
+    assert [p.label for p in report.failures] == ["2+1"]
+    assert report.failures[0].where == f"{THIS_FILE}:{line_of('point: await once')}"
+    assert "check failed: check() returned False" not in report.failures[0].outcome
+    assert report.failures[0].outcome == "check failed: Sessions.all_closed() returned False"
+    assert report.table().splitlines()[0] == (
+        "cancel sweep of session(): 2 suspension point(s), "
+        "2 second cancellation(s) in clean-up, 1 failing"
+    )
+    sessions = Sessions()
+    report = await labkit.cancel_at_every_await(
+        lambda: session(sessions, style="until done"), check=sessions.all_closed, twice=True
+    )
+    assert report.ok
+    assert report.second_cancellations == 2
+
+
+@VIRTUAL
+async def test_twice_with_a_timeout_expects_the_second_cancellation_to_win() -> None:
+    sessions = Sessions()
+    report = await labkit.timeout_at_every_await(
+        lambda: session(sessions, style="until done"), check=sessions.all_closed, twice=True
+    )
+    assert report.ok
+    assert report.second_cancellations == 2
+
+
+@VIRTUAL
+async def test_twice_says_so_when_no_clean_up_suspends() -> None:
+    async def plain() -> None:
+        await asyncio.sleep(1)
+
+    report = await labkit.cancel_at_every_await(plain, twice=True)
+    assert "nothing was cancelled twice" in report.table()
+
+
+@VIRTUAL
+async def test_a_lambda_check_is_labelled_check() -> None:
+    """Zoo: a lambda defined in a test read `test_x.<locals>.<lambda>() returned False`."""
+
+    async def fine() -> None:
+        await asyncio.sleep(1)
+
+    report = await labkit.cancel_at_every_await(fine, check=lambda: False, raise_on_failure=False)
+    assert report.points[0].outcome == "check failed: check() returned False"
+
+
+# -- force_cancel ----------------------------------------------------------------------------------
+
+
+@VIRTUAL
+async def test_force_cancel_ends_a_task_that_swallows_every_cancellation() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    cleaned: list[str] = []
+
+    async def stubborn() -> None:
+        try:
+            await stubborn_worker(queue, [])
+        finally:
+            cleaned.append("finally")
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await labkit.run_until_idle()
+    task.cancel()
+    await labkit.run_until_idle()
+    assert not task.done()
+    assert task.cancelling() == 1
+    await labkit.force_cancel(task)
+    assert task.done()
+    assert cleaned == ["finally"]
+    await labkit.force_cancel(task)  # done already: nothing happens
+    with pytest.raises(RuntimeError, match="ends another task"):
+        await labkit.force_cancel(asyncio.current_task())  # type: ignore[arg-type]
+
+
+@VIRTUAL
+async def test_force_cancel_says_when_a_task_cannot_be_ended() -> None:
+    release = asyncio.Event()
+
+    async def ignores_everything() -> None:
+        while True:
+            try:
+                await release.wait()
+                return
+            except BaseException:
+                continue
+
+    task = asyncio.create_task(ignores_everything(), name="immortal")
+    await labkit.run_until_idle()
+    with pytest.raises(
+        RuntimeError, match="task 'immortal' cannot be ended: it catches GeneratorExit"
+    ):
+        await labkit.force_cancel(task)
+    task.cancel()  # hands the task a future it knows again (it swallows this one too)
+    await labkit.run_until_idle()
+    release.set()
+    await task

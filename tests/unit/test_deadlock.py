@@ -154,3 +154,43 @@ def test_a_running_subprocess_is_a_possible_wakeup_not_a_deadlock() -> None:
         return await proc.wait()
 
     assert labkit.run(main()) == 0
+
+
+def test_a_task_that_swallows_its_cancellation_is_diagnosed_and_can_be_ended() -> None:
+    """Zoo: the report named the worker's line, not that it held a swallowed cancellation."""
+
+    async def worker(queue: asyncio.Queue[int]) -> None:
+        while True:
+            try:
+                await queue.get()
+            except asyncio.CancelledError:
+                continue
+
+    async def main() -> None:
+        task = asyncio.create_task(worker(asyncio.Queue()), name="worker")
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except DeadlockError:
+            raise AssertionError("raised in the loop, not at the await") from None
+
+    loop = VirtualTimeLoop()
+    try:
+        with pytest.raises(DeadlockError) as info:
+            loop.run_until_complete(main())
+        message = str(info.value)
+        assert "1 of the tasks was cancelled and kept waiting: a swallowed cancellation." in (
+            message.splitlines()[0]
+        )
+        diagnosis = "it holds a swallowed cancellation: cancelled once, it caught CancelledError"
+        assert diagnosis in message
+        assert "await labkit.force_cancel(task)" in message
+        worker_task = next(t for t in info.value.tasks if t.get_name() == "worker")
+        loop.run_until_complete(labkit.force_cancel(worker_task))
+        assert worker_task.done()
+        for task in info.value.tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(info.value.tasks))
+    finally:
+        loop.close()

@@ -123,3 +123,12 @@ def test_environment_yml_python_satisfies_requires_python() -> None:
     assert floor, "pyproject.toml must state requires-python"
     version = (int(conda_python.group(1)), int(conda_python.group(2)))
     assert version >= (int(floor.group(1)), int(floor.group(2)))
+
+
+def test_environment_yml_pins_no_python_with_the_ast_crash() -> None:
+    """3.11.0-3.11.7 can crash pytest ("AST constructor recursion depth mismatch")."""
+    yml = (ROOT / "environment.yml").read_text()
+    pin = re.search(r"^\s*-\s*python\s*(?:=+|>=)\s*([\d.]+)", yml, re.MULTILINE)
+    assert pin is not None
+    parts = tuple(int(part) for part in pin.group(1).split("."))
+    assert parts[:2] != (3, 11) or parts >= (3, 11, 8), f"python={pin.group(1)} may be 3.11.7-"

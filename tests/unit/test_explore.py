@@ -423,11 +423,86 @@ def test_the_marker_explores_and_the_seed_option_replays(pytester: pytest.Pytest
     assert code == 0, fixed
 
 
-def test_the_marker_refuses_the_asyncio_marker_too(pytester: pytest.Pytester) -> None:
+def test_the_marker_accepts_an_asyncio_marker_on_the_virtual_loop(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(test_marked=MARKED.format(fixed=True, strategy="random"))
     code, output = run_pytest(pytester, "-k", "both_markers")
+    assert code == 0, output
+    pytester.makepyfile(
+        test_marked="""
+import pytest
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+@pytest.mark.labkit_explore(runs=5)
+async def test_on_the_stock_loop():
+    pass
+"""
+    )
+    code, output = run_pytest(pytester)
     assert code == 1
-    assert "remove @pytest.mark.asyncio" in output
+    assert "its loop_factories can only be ['virtual'], not ['asyncio']" in output
+
+
+MODULE_ON_THE_VIRTUAL_LOOP = """
+import asyncio
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_factories=["virtual"])
+
+async def test_plain(virtual_clock):
+    await asyncio.sleep(60)
+    assert virtual_clock.now == 60.0
+
+@pytest.mark.labkit_explore(runs=10, strategy="exhaustive")
+async def test_explored():
+    order = []
+
+    async def put(name):
+        await asyncio.sleep(0)
+        order.append(name)
+
+    await asyncio.gather(put("a"), put("b"))
+    assert sorted(order) == ["a", "b"]
+
+@pytest.mark.labkit_hygiene
+async def test_hygienic():
+    await asyncio.sleep(1)
+"""
+
+
+def test_one_module_mark_puts_every_labkit_feature_on_the_virtual_loop(
+    pytester: pytest.Pytester,
+) -> None:
+    """Zoo: a module-level asyncio pytestmark made every labkit_explore test in it fail."""
+    pytester.makepyfile(test_module=MODULE_ON_THE_VIRTUAL_LOOP)
+    code, output = run_pytest(pytester)
+    assert code == 0, output
+    assert "3 passed" in output
+
+
+def test_explore_tests_run_in_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
+    """In auto mode pytest-asyncio marks every async test; explore used to refuse them all."""
+    pytester.makepyfile(
+        test_module=MODULE_ON_THE_VIRTUAL_LOOP.replace(
+            'pytestmark = pytest.mark.asyncio(loop_factories=["virtual"])', ""
+        )
+    )
+    code, output = run_pytest(pytester, "--asyncio-mode=auto", "--labkit-loop=virtual")
+    assert code == 0, output
+
+
+def test_the_exploration_summary_shows_with_verbose(pytester: pytest.Pytester) -> None:
+    """Zoo: "every schedule was tried" reached only junit XML, never the terminal."""
+    pytester.makepyfile(test_module=MODULE_ON_THE_VIRTUAL_LOOP)
+    code, output = run_pytest(pytester, "-vv", "-k", "explored")  # -q -vv: -v
+    assert code == 0, output
+    lines = output.splitlines()
+    at = next(i for i, line in enumerate(lines) if "test_explored PASSED" in line)
+    assert lines[at + 1].startswith("    labkit_explore: explored ")
+    assert lines[at + 1].endswith("every schedule was tried")
+    code, quiet = run_pytest(pytester, "-k", "explored")
+    assert "labkit_explore: explored" not in quiet
 
 
 def test_explore_needs_the_virtual_loop() -> None:

@@ -339,10 +339,10 @@ def test_marker_opts_a_test_in(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(SUITE.format(marker="@pytest.mark.labkit_hygiene"))
     result = pytester.runpytest("-q", "--labkit-loop=virtual")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ERROR at teardown of test_leaky*",
+            "*_ test_leaky _*",
             "task hygiene: 1 problem",
             "  task 'audit' is still pending: nobody awaited it or cancelled it",
             "*waiting at test_marker_opts_a_test_in.py:5 in audit: await asyncio.sleep(1)",
@@ -362,7 +362,7 @@ def test_without_marker_nothing_is_checked(pytester: pytest.Pytester) -> None:
 def test_ini_option_covers_the_suite_and_a_test_can_opt_out(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI + "labkit_hygiene = true\n")
     pytester.makepyfile(SUITE.format(marker=""))
-    pytester.runpytest("-q").assert_outcomes(passed=2, errors=1)
+    pytester.runpytest("-q").assert_outcomes(passed=1, failed=1)
     pytester.makepyfile(SUITE.format(marker="@pytest.mark.labkit_hygiene(False)"))
     pytester.runpytest("-q").assert_outcomes(passed=2)
 
@@ -390,7 +390,7 @@ async def test_forgets(task_tracker):
 """
     )
     result = pytester.runpytest("-q", "--labkit-loop=virtual")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*task 'boom' raised ValueError: lost, and nobody retrieved*"])
 
 
@@ -428,5 +428,5 @@ async def test_next():
 """
     )
     result = pytester.runpytest("-q", "--labkit-loop=virtual")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*task 'stray' is still pending*"])

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import weakref
+from typing import Any
 
 import pytest
 
@@ -99,33 +100,58 @@ class IdTracker:
         self.active.discard(id(resource))
 
 
-def leak_then_reuse(register: object, unregister: object) -> None:
-    """Leak one connection, then open and close connections until one reuses its id."""
-    leaked = Conn("leaked")
-    register(leaked)  # type: ignore[operator]
+class Slotted:
+    """A connection of one fixed size: CPython hands its freed block to the next one made."""
+
+    __slots__ = ("__weakref__", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Conn({self.name!r})"
+
+
+def leak_then_reuse(register: Any, unregister: Any) -> bool:
+    """Leak one connection, then open and close others until one reuses its id.
+
+    The new ones stay referenced, so each takes a fresh block of their size until the freed
+    one comes round; whether it does still depends on the allocator (another object may take
+    the block for good), so the caller retries with a fresh registry.
+    """
+    leaked = Slotted("leaked")
+    register(leaked)
     leaked_id = id(leaked)
     del leaked  # dropped without release: a leak
-    for _ in range(10_000):
-        conn = Conn("fresh")
-        register(conn)  # type: ignore[operator]
-        reused = id(conn) == leaked_id
-        unregister(conn)  # type: ignore[operator]
-        del conn
-        if reused:
-            return
-    raise AssertionError("no id was reused in 10 000 allocations")
+    opened = []
+    for _ in range(1_000):
+        conn = Slotted("fresh")
+        register(conn)
+        unregister(conn)
+        opened.append(conn)
+        if id(conn) == leaked_id:
+            return True
+    return False
 
 
 def test_id_based_registry_loses_a_leak_when_the_id_is_reused() -> None:
-    ids = IdTracker()
-    leak_then_reuse(ids.register, ids.unregister)
+    for _ in range(20):
+        ids = IdTracker()
+        if leak_then_reuse(ids.register, ids.unregister):
+            break
+    else:
+        pytest.skip("CPython reused no id in 20 x 1000 allocations here: nothing to show")
     assert ids.active == set()  # the leak vanished: the article's tracker reports all clean
 
-    tracker = ResourceTracker()
-    leak_then_reuse(tracker.acquired, tracker.released)
+    for _ in range(20):
+        tracker = ResourceTracker()
+        if leak_then_reuse(tracker.acquired, tracker.released):
+            break
+    else:
+        pytest.skip("CPython reused no id in 20 x 1000 allocations here: nothing to show")
     leaks = tracker.leaks()
     assert [(leak.resource, leak.collected) for leak in leaks] == [("Conn('leaked')", True)]
-    assert "leak_then_reuse: leaked = Conn" not in str(leaks[0])  # stack is where it was acquired
+    assert "leak_then_reuse: leaked = Slotted" not in str(leaks[0])  # where it was acquired
     assert "register(leaked)" in str(leaks[0])
 
 
@@ -369,20 +395,19 @@ async def test_clean(resource_tracker):
 """
 
 
-def test_fixture_fails_a_leaky_test_at_teardown(pytester: pytest.Pytester) -> None:
+def test_fixture_fails_a_leaky_test(pytester: pytest.Pytester) -> None:
     pytester.makeini(
         "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
     )
     pytester.makepyfile(FIXTURE_SUITE)
     result = pytester.runpytest("-q")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ERROR at teardown of test_leaky*",
+            "*_ test_leaky _*",
             "*1 of 1 acquired resources never released:*",
             "*Conn() (*), acquired at*",
-            "*test_fixture_fails_a_leaky_test_at_teardown.py:9 in handle: "
-            "conn = tracker.acquired(Conn())*",
+            "*test_fixture_fails_a_leaky_test.py:9 in handle: conn = tracker.acquired(Conn())*",
         ]
     )
 
@@ -425,7 +450,7 @@ def test_fixture_checks_while_the_tests_loop_is_alive(pytester: pytest.Pytester)
     )
     pytester.makepyfile(BACKGROUND_SUITE)
     result = pytester.runpytest("-q", "-rN")  # no short summary: on CI it repeats each report
-    result.assert_outcomes(passed=2, errors=2)
+    result.assert_outcomes(failed=2)
     text = result.stdout.str()
     assert text.count("Conn() (still held), acquired at") == 2, text
     assert "garbage-collected" not in text
@@ -451,13 +476,13 @@ def test_two_failing_teardown_checks_make_one_clean_report(pytester: pytest.Pyte
         )
     )
     result = pytester.runpytest("-q", "-k", "close_later")
-    result.assert_outcomes(passed=1, errors=1)
+    result.assert_outcomes(failed=1)
     text = result.stdout.str()
     assert "ExceptionGroup" not in text, text
     assert "_pytest" not in text, text
     result.stdout.fnmatch_lines(
         [
-            "*ERROR at teardown of test_background?close_later?*",
+            "*_ test_background?close_later? _*",
             "1 of 1 acquired resources never released:",
             "  Conn() (still held), acquired at",
             "*held by task 'closer'*",

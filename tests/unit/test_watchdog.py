@@ -283,10 +283,10 @@ def test_marker_fails_the_test_with_the_stack(pytester: pytest.Pytester) -> None
     pytester.makeini(INI)
     pytester.makepyfile(SUITE.format(marker="@pytest.mark.labkit_watchdog(threshold=0.1)"))
     result = pytester.runpytest("-q", "--labkit-loop=virtual")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ERROR at teardown of test_blocks*",
+            "*_ test_blocks _*",
             "task running test_blocks() blocked the event loop for more than 0.1 s of real time",
             "    test_marker_fails_the_test_with_the_stack.py:11 in test_blocks: await retry()",
             "    test_marker_fails_the_test_with_the_stack.py:6 in retry: time.sleep(0.6)",
@@ -297,7 +297,7 @@ def test_marker_fails_the_test_with_the_stack(pytester: pytest.Pytester) -> None
 def test_ini_option_and_opt_out(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI + "labkit_watchdog = 0.1\n")
     pytester.makepyfile(SUITE.format(marker=""))
-    pytester.runpytest("-q", "--labkit-loop=virtual").assert_outcomes(passed=2, errors=1)
+    pytester.runpytest("-q", "--labkit-loop=virtual").assert_outcomes(passed=1, failed=1)
     pytester.makepyfile(SUITE.format(marker="@pytest.mark.labkit_watchdog(None)"))
     pytester.runpytest("-q", "--labkit-loop=virtual").assert_outcomes(passed=2)
 
@@ -321,8 +321,7 @@ import pytest
 async def test_sees_it(watchdog):
     time.sleep(0.6)
     assert [b.culprit for b in watchdog.blocks] == ["task running test_sees_it()"]
-    watchdog.blocks.clear()
 """
     )
     result = pytester.runpytest("-q", "--labkit-loop=virtual")
-    result.assert_outcomes(passed=1, errors=1)
+    result.assert_outcomes(failed=1)
